@@ -1,0 +1,35 @@
+# The two commands of the README contract: `make demo` and `make test`.
+# Each creates .venv and installs what it needs, idempotently.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-dev.txt 2>/dev/null | sha1sum | cut -c1-12)
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first, so nothing later pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[all,test]'
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/fi-dist run --nnodes 2 --nproc-per-node 2 examples/ddp_train.py -- --steps 20
+
+test: setup
+	$(BIN)/ruff check fi_dist launchers tests bench examples
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: setup
+	$(BIN)/ruff check fi_dist launchers tests bench examples
+	$(BIN)/ruff format --check fi_dist launchers tests bench examples
+
+bench: setup
+	$(BIN)/python bench/launch_bench.py
+
+clean:
+	rm -rf $(VENV) .fi-dist

@@ -1,0 +1,165 @@
+"""``fi-dist``: run, preempt and inspect distributed training jobs.
+
+Subcommands: run, preempt, status. Flag names follow torchrun's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from fi_dist import procs, rundir
+from fi_dist.config import load_spec
+from fi_dist.errors import ConfigError, FiDistError
+from fi_dist.spec import JobSpec
+
+# Flags of `run` that map onto JobSpec fields; None means "not given on the command line".
+_RUN_FIELDS = ("nnodes", "nproc_per_node", "master_port", "launcher", "name",
+               "max_restarts", "grace_period", "image", "namespace", "checkpoint_uri")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="launch a training script on N nodes x M ranks",
+                       description="Launch SCRIPT like torchrun, on the chosen launcher.")
+    p.add_argument("--launcher", default=None, help="backend: local (default), ...")
+    p.add_argument("--nnodes", type=int, default=None, help="number of nodes (default 1)")
+    p.add_argument("--nproc-per-node", "--nproc_per_node", dest="nproc_per_node", type=int,
+                   default=None, help="ranks per node (default 1)")
+    p.add_argument("--master-port", "--master_port", dest="master_port", type=int,
+                   default=None, help="rendezvous port on node 0 (default 29500; 0 = free port)")
+    p.add_argument("--max-restarts", dest="max_restarts", type=int, default=None,
+                   help="restart the whole job up to K times after a retryable failure")
+    p.add_argument("--grace", dest="grace_period", type=float, default=None,
+                   help="seconds from SIGTERM to SIGKILL when stopping ranks (default 30)")
+    p.add_argument("--name", default=None, help="job name (DNS-1035)")
+    p.add_argument("--image", default=None, help="container image (cluster launchers)")
+    p.add_argument("--namespace", default=None, help="Kubernetes namespace")
+    p.add_argument("--ckpt-uri", dest="checkpoint_uri", default=None,
+                   help="checkpoint directory or URI handed to the job as FI_DIST_CKPT_DIR")
+    p.add_argument("--config", default=None, help="job spec file (.toml/.yaml) from configs/")
+    p.add_argument("--dry-run", action="store_true", help="print what would run and exit")
+    p.add_argument("--plain", action="store_true", help="no live table, prefixed lines only")
+    p.add_argument("script", nargs="?", help="training script")
+    p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments after SCRIPT (or --)")
+    p.set_defaults(func=cmd_run)
+
+
+def _add_preempt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("preempt", help="simulate the kubelet preempting a node of the local job")
+    p.add_argument("--node", type=int, default=0, help="node index to preempt (default 0)")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds before SIGKILL (default 30)")
+    p.set_defaults(func=cmd_preempt)
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show every rank of the newest local job")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fi-dist", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_preempt(sub)
+    _add_status(sub)
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    """Merge ``--config`` (if any) with the flags given on the command line."""
+    script_args = list(args.script_args or [])
+    if script_args and script_args[0] == "--":
+        script_args = script_args[1:]
+    given = {f: getattr(args, f) for f in _RUN_FIELDS if getattr(args, f) is not None}
+    if args.script:
+        given["script"] = args.script
+        given["script_args"] = script_args
+    if args.config:
+        base = load_spec(args.config).to_dict()
+        base.update(given)
+        from fi_dist.config import spec_from_dict
+
+        return spec_from_dict(base, source=args.config)
+    if "script" not in given:
+        raise ConfigError("no training script given (fi-dist run [flags] SCRIPT [-- ARGS])")
+    return JobSpec(**given)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fi_dist.registry import get_launcher
+
+    spec = spec_from_args(args)
+    launcher = get_launcher(spec.launcher)
+    if spec.launcher == "local" and not args.dry_run:
+        from fi_dist.console import make_view
+
+        launcher.view = make_view(force_plain=args.plain)  # type: ignore[attr-defined]
+    dry = launcher.dryrun(spec)
+    if args.dry_run:
+        sys.stdout.write(dry.to_yaml())
+        return 0
+    if spec.launcher == "local":
+        return launcher.run(dry).exitcode  # type: ignore[attr-defined]
+    job_id = launcher.schedule(dry)
+    print(f"submitted {job_id}")
+    return 0
+
+
+def cmd_preempt(args: argparse.Namespace) -> int:
+    run = rundir.current_run()
+    nnodes = run.read_run().get("spec", {}).get("nnodes", 1)
+    if not 0 <= args.node < nnodes:
+        raise ConfigError(f"--node {args.node} is outside 0..{nnodes - 1} for run {run.run_id}")
+    pids = procs.job_processes(run.run_id, args.node)
+    print(f"fi-dist: preempting node {args.node} of {run.run_id}: SIGTERM to {len(pids)} "
+          f"processes, SIGKILL after {args.grace:g}s")
+    killed = procs.terminate(run.run_id, args.node, grace=args.grace)
+    if killed:
+        print(f"fi-dist: {killed} processes ignored SIGTERM and were killed")
+    return 0
+
+
+def _rank_state(info: dict, now: float) -> str:
+    state = info.get("state", "?")
+    if state in ("exited", "failed"):
+        return f"exited {info.get('exitcode')}"
+    if state == "running" and not rundir.pid_alive(info.get("pid", -1)):
+        return "gone"
+    return state
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run = rundir.current_run(require_alive=False)
+    info = run.read_run()
+    ranks = run.ranks()
+    now = time.time()
+    rows = [{"rank": r, "node": d.get("node"), "pid": d.get("pid"),
+             "state": _rank_state(d, now), **{k: d[k] for k in d if k.startswith("idle")}}
+            for r, d in sorted(ranks.items())]
+    if args.json:
+        print(json.dumps({"run_id": run.run_id, "job_state": info.get("job_state"),
+                          "ranks": rows}, indent=2))
+        return 0
+    print(f"run {run.run_id}: {info.get('job_state', '?')}")
+    print(f"{'rank':>4}  {'node':>4}  {'pid':>7}  state")
+    for row in rows:
+        print(f"{row['rank']:>4}  {row['node']:>4}  {row['pid']:>7}  {row['state']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except FiDistError as exc:
+        print(f"fi-dist: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

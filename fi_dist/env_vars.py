@@ -1,0 +1,81 @@
+"""Every environment variable in the launcher -> runtime contract, named once.
+
+A launcher (local, PyTorchJob, Ray) sets these; the in-job runtime reads them. The
+operator's and torchrun's own variables are listed too, so no module spells a
+variable name as a string literal of its own.
+"""
+
+from __future__ import annotations
+
+# --- fi-dist's own -----------------------------------------------------------------
+FI_DIST_LAUNCHER = "FI_DIST_LAUNCHER"
+"""Which launcher started this process: local, pytorchjob, ray."""
+FI_DIST_RUN_ID = "FI_DIST_RUN_ID"
+"""Unique id of one `fi-dist run`; every process of the job carries it (orphan sweep)."""
+FI_DIST_RUN_DIR = "FI_DIST_RUN_DIR"
+"""Directory where ranks and node agents write status, results and logs."""
+FI_DIST_NODE_ADDR = "FI_DIST_NODE_ADDR"
+"""This node's own address ("pod IP"): 127.0.0.(i+2) locally, status.podIP in a pod."""
+FI_DIST_NODE_RANK = "FI_DIST_NODE_RANK"
+"""This node's index; set for the whole process tree of a node (the "pod")."""
+FI_DIST_ATTEMPT = "FI_DIST_ATTEMPT"
+"""Restart attempt of the whole job, 0 for the first run."""
+FI_DIST_DEBUG = "FI_DIST_DEBUG"
+"""1 when the job runs under the debug hub."""
+FI_DIST_DEBUG_PORT = "FI_DIST_DEBUG_PORT"
+"""The hub's IDE-facing port on rank 0's node."""
+FI_DIST_DEBUG_HOST = "FI_DIST_DEBUG_HOST"
+"""Address the hub's IDE-facing port binds to (127.0.0.1 unless asked otherwise)."""
+FI_DIST_DEBUG_TOKEN = "FI_DIST_DEBUG_TOKEN"
+"""Shared secret every hub connection must present."""
+FI_DIST_WAIT_FOR_CLIENT = "FI_DIST_WAIT_FOR_CLIENT"
+"""1: hold every rank before the script's first line until a client attaches."""
+FI_DIST_POST_MORTEM_WAIT = "FI_DIST_POST_MORTEM_WAIT"
+"""Seconds a failed rank waits for a debugger client before failing the job."""
+FI_DIST_GRACE_PERIOD = "FI_DIST_GRACE_PERIOD"
+"""Seconds between SIGTERM and SIGKILL (terminationGracePeriodSeconds in a pod)."""
+FI_DIST_CKPT_DIR = "FI_DIST_CKPT_DIR"
+"""Checkpoint directory or URI when the launcher provides one."""
+FI_DIST_IDLE_TIMEOUT = "FI_DIST_IDLE_TIMEOUT"
+"""Seconds of GPU idleness with no debugger activity before a node is ended."""
+FI_DIST_IDLE_THRESHOLD = "FI_DIST_IDLE_THRESHOLD"
+"""Utilisation percent under which a GPU counts as idle."""
+
+# --- Kubeflow training operator (PyTorchJob pod env) -------------------------------
+MASTER_ADDR = "MASTER_ADDR"
+MASTER_PORT = "MASTER_PORT"
+WORLD_SIZE = "WORLD_SIZE"
+RANK = "RANK"
+PET_NNODES = "PET_NNODES"
+PET_NPROC_PER_NODE = "PET_NPROC_PER_NODE"
+PET_NODE_RANK = "PET_NODE_RANK"
+PET_MASTER_ADDR = "PET_MASTER_ADDR"
+PET_MASTER_PORT = "PET_MASTER_PORT"
+PYTHONUNBUFFERED = "PYTHONUNBUFFERED"
+
+# --- torchrun / torch.distributed.elastic worker env -------------------------------
+LOCAL_RANK = "LOCAL_RANK"
+LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
+GROUP_RANK = "GROUP_RANK"
+GROUP_WORLD_SIZE = "GROUP_WORLD_SIZE"
+ROLE_RANK = "ROLE_RANK"
+TORCHELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"
+TORCHELASTIC_ERROR_FILE = "TORCHELASTIC_ERROR_FILE"
+TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE = "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"
+
+# --- collectives on loopback -------------------------------------------------------
+GLOO_SOCKET_IFNAME = "GLOO_SOCKET_IFNAME"
+
+OPERATOR_POD_VARS: tuple[str, ...] = (
+    MASTER_ADDR,
+    MASTER_PORT,
+    WORLD_SIZE,
+    RANK,
+    PET_NNODES,
+    PET_NPROC_PER_NODE,
+    PET_NODE_RANK,
+    PET_MASTER_ADDR,
+    PET_MASTER_PORT,
+    PYTHONUNBUFFERED,
+)
+"""What the Kubeflow training operator injects into every PyTorchJob pod."""

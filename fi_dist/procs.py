@@ -1,0 +1,81 @@
+"""Find and end a local job's processes by the run id in their environment.
+
+Every process of a local job inherits ``FI_DIST_RUN_ID`` (and its node's
+``FI_DIST_NODE_RANK``). torchelastic starts each rank in a new session, so process
+groups alone cannot reach them; scanning ``/proc/*/environ`` can, which is how the
+launcher guarantees no orphan survives a run and how ``fi-dist preempt`` reaches
+every process of one "pod".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from fi_dist import env_vars as ev
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            out[key.decode(errors="replace")] = value.decode(errors="replace")
+    return out
+
+
+def job_processes(run_id: str, node: int | None = None) -> list[int]:
+    """PIDs of live processes carrying ``run_id`` (and ``node``, if given)."""
+    me = os.getpid()
+    pids: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        env = _environ(int(entry))
+        if env.get(ev.FI_DIST_RUN_ID) != run_id:
+            continue
+        if node is not None and env.get(ev.FI_DIST_NODE_RANK) != str(node):
+            continue
+        if _is_zombie(int(entry)):
+            continue
+        pids.append(int(entry))
+    return pids
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+def signal_pids(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def terminate(run_id: str, node: int | None = None, grace: float = 30.0, poll: float = 0.1) -> int:
+    """SIGTERM every process of the job (or node), SIGKILL what is left after ``grace``.
+
+    Returns:
+        How many processes had to be SIGKILLed.
+    """
+    signal_pids(job_processes(run_id, node), signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not job_processes(run_id, node):
+            return 0
+        time.sleep(poll)
+    left = job_processes(run_id, node)
+    signal_pids(left, signal.SIGKILL)
+    return len(left)

@@ -1,0 +1,153 @@
+"""The run directory: where one local job's processes leave their state.
+
+Layout (``.fi-dist/`` under the working directory, like torchelastic's error files)::
+
+    .fi-dist/current            -> text file naming the newest run's id
+    .fi-dist/runs/<id>/run.json        launcher pid, nodes, spec, state
+    .fi-dist/runs/<id>/ranks/<r>.json  each rank's pid, node, state, exit code
+    .fi-dist/runs/<id>/nodes/<k>.json  each node agent's result (per-rank failures)
+    .fi-dist/runs/<id>/logs/...        per-rank stdout/stderr (torchelastic log dir)
+
+Pure file I/O shared by the in-job runtime (writes rank state) and the client side
+(reads it for ``fi-dist status`` / ``preempt``). Writes are atomic (tmp + rename) so a
+reader never sees half a JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fi_dist.errors import NoRunningJobError
+
+ROOT_NAME = ".fi-dist"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """Read a JSON document, or None if it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run's directory."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def rank_file(self, rank: int) -> Path:
+        return self.path / "ranks" / f"{rank}.json"
+
+    def node_file(self, node: int) -> Path:
+        return self.path / "nodes" / f"{node}.json"
+
+    def write_run(self, data: dict[str, Any]) -> None:
+        write_json(self.path / "run.json", data)
+
+    def read_run(self) -> dict[str, Any]:
+        return read_json(self.path / "run.json") or {}
+
+    def update_run(self, **fields: Any) -> None:
+        data = self.read_run()
+        data.update(fields)
+        self.write_run(data)
+
+    def write_rank(self, rank: int, **fields: Any) -> None:
+        data = read_json(self.rank_file(rank)) or {}
+        data.update(fields)
+        data["updated"] = time.time()
+        write_json(self.rank_file(rank), data)
+
+    def ranks(self) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for f in sorted((self.path / "ranks").glob("*.json")):
+            data = read_json(f)
+            if data is not None and f.stem.isdigit():
+                out[int(f.stem)] = data
+        return out
+
+    def nodes(self) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for f in sorted((self.path / "nodes").glob("*.json")):
+            data = read_json(f)
+            if data is not None and f.stem.isdigit():
+                out[int(f.stem)] = data
+        return out
+
+    def clear_attempt_state(self) -> None:
+        """Forget rank and node results before a restart of the whole job."""
+        for sub in ("ranks", "nodes"):
+            for f in (self.path / sub).glob("*.json"):
+                f.unlink(missing_ok=True)
+
+
+def root(cwd: Path | None = None) -> Path:
+    return (cwd or Path.cwd()) / ROOT_NAME
+
+
+def create_run(cwd: Path | None = None) -> RunDir:
+    """Make a new run directory and mark it current."""
+    base = root(cwd)
+    run = RunDir(base / "runs" / new_run_id())
+    run.path.mkdir(parents=True)
+    (base / "current").write_text(run.run_id)
+    return run
+
+
+def current_run(cwd: Path | None = None, require_alive: bool = True) -> RunDir:
+    """The newest run under ``cwd``; with ``require_alive``, its launcher must be running.
+
+    Raises:
+        NoRunningJobError: no run directory, or its launcher has exited.
+    """
+    base = root(cwd)
+    try:
+        run_id = (base / "current").read_text().strip()
+    except OSError:
+        raise NoRunningJobError(
+            f"no fi-dist run found under {base} (start one with `fi-dist run`)"
+        ) from None
+    run = RunDir(base / "runs" / run_id)
+    info = run.read_run()
+    if require_alive:
+        pid = info.get("pid")
+        if not isinstance(pid, int) or not pid_alive(pid) or info.get("state") == "finished":
+            raise NoRunningJobError(f"the newest run {run_id} under {base} is not running")
+    return run

@@ -1,0 +1,99 @@
+"""Entry point of every rank: ``python -m fi_dist.runtime.rank_main SCRIPT [ARGS...]``.
+
+Runs the user's script unmodified (as ``python SCRIPT`` would: ``__main__``, argv,
+``sys.path[0]``) after the per-rank setup fi-dist needs: rank state in the run
+directory, torchelastic's error file on an uncaught exception (so the node agent and
+the launcher can name the first failure), and death with the node agent (no orphans).
+Feature hooks (debugger, checkpoint preemption handling) attach here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import runpy
+import signal
+import sys
+import time
+from pathlib import Path
+
+from fi_dist import env_vars as ev
+from fi_dist.rundir import RunDir
+from fi_dist.runtime.environment import LauncherKind, RankEnvironment
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # torchelastic starts ranks in their own session; if the node agent is SIGKILLed
+    # they would outlive it. PDEATHSIG makes the kernel end them with it.
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _record_error(exc: BaseException) -> None:
+    # Same file format as torch.distributed.elastic's @record, so ProcessFailure reads it.
+    if not os.environ.get(ev.TORCHELASTIC_ERROR_FILE):
+        return
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+    get_error_handler().record_exception(exc)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    return 1
+
+
+def run_script(script: str, args: list[str]) -> None:
+    """Run ``script`` as ``__main__`` with ``args``, like the ``python`` command does."""
+    path = Path(script)
+    if not path.is_file():
+        raise FileNotFoundError(f"training script not found: {script}")
+    sys.argv = [script, *args]
+    sys.path[0] = str(path.resolve().parent)
+    runpy.run_path(str(path), run_name="__main__")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m fi_dist.runtime.rank_main SCRIPT [ARGS...]", file=sys.stderr)
+        return 2
+    env = RankEnvironment.from_env()
+    if env.launcher is LauncherKind.LOCAL:
+        _die_with_parent()
+        # Locally every "node" is on loopback; gloo must use lo, not the external NIC.
+        os.environ.setdefault(ev.GLOO_SOCKET_IFNAME, "lo")
+    run_dir = Path(os.environ[ev.FI_DIST_RUN_DIR]) if os.environ.get(ev.FI_DIST_RUN_DIR) else None
+    state = RunDir(run_dir) if run_dir else None
+    if state:
+        state.write_rank(env.rank, node=env.node_rank, local_rank=env.local_rank,
+                         pid=os.getpid(), addr=env.node_addr, state="running",
+                         started=time.time())
+    code = 0
+    try:
+        run_script(argv[0], argv[1:])
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException as exc:
+        _record_error(exc)
+        if state:
+            state.write_rank(env.rank, state="failed", exitcode=1,
+                             error=f"{type(exc).__name__}: {exc}", ended=time.time())
+        raise
+    if state:
+        state.write_rank(env.rank, state="exited", exitcode=code, ended=time.time())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The job spec: what every launcher turns into processes, pods or actors.
+
+Pure data, imported by both the client side and the in-job runtime. Each field is
+validated in ``__post_init__`` with a message that names the field and the value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fi_dist.errors import ConfigError
+
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _check_port(name: str, value: int, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 65535:
+        raise ConfigError(f"{name} must be an integer port in {low}..65535, got {value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_non_negative(name: str, value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+
+
+@dataclass
+class DebugSpec:
+    """How the job is debugged; off unless ``enabled``."""
+
+    enabled: bool = False
+    """Start debugpy in every rank and the hub beside rank 0."""
+    port: int = 5678
+    """The hub's one IDE-facing port (on node 0)."""
+    host: str = "127.0.0.1"
+    """Address the IDE-facing port binds; loopback unless asked (a debug port is RCE)."""
+    wait_for_client: bool = False
+    """Hold every rank before the script's first line until a client attaches."""
+    post_mortem_wait: float = 0.0
+    """Seconds a rank that raised waits for a client before the job fails (0: no wait)."""
+
+    def __post_init__(self) -> None:
+        _check_port("debug.port", self.port, allow_zero=True)
+        _check_non_negative("debug.post_mortem_wait", self.post_mortem_wait)
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"debug.host must be a non-empty address, got {self.host!r}")
+
+
+@dataclass
+class ResourceSpec:
+    """Per-node (per-pod) resources."""
+
+    cpu: str | None = None
+    """CPU request/limit, Kubernetes quantity (e.g. "8")."""
+    memory: str | None = None
+    """Memory request/limit, Kubernetes quantity (e.g. "64Gi")."""
+    gpus: int = 0
+    """GPUs per node (``nvidia.com/gpu``); nproc_per_node defaults to it on clusters."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gpus, int) or isinstance(self.gpus, bool) or self.gpus < 0:
+            raise ConfigError(f"resources.gpus must be an integer >= 0, got {self.gpus!r}")
+
+
+@dataclass
+class JobSpec:
+    """One distributed training job, independent of where it runs."""
+
+    script: str
+    """Training script, run unmodified as under torchrun."""
+    script_args: list[str] = field(default_factory=list)
+    """Arguments passed to the script."""
+    name: str = "fi-dist-job"
+    """Job name; a DNS-1035 label (it names Kubernetes objects)."""
+    nnodes: int = 1
+    """Number of nodes (pods, Ray nodes, local process groups)."""
+    nproc_per_node: int = 1
+    """Ranks per node."""
+    master_port: int = 29500
+    """Rendezvous port on node 0 (0: pick a free one, local launcher only)."""
+    launcher: str = "local"
+    """Backend name in the launcher registry."""
+    image: str | None = None
+    """Container image (cluster launchers)."""
+    namespace: str = "default"
+    """Kubernetes namespace (cluster launchers)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for every rank."""
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    """Per-node resources."""
+    debug: DebugSpec = field(default_factory=DebugSpec)
+    """Debugging options."""
+    max_restarts: int = 0
+    """Whole-job restarts after a failure or preemption (like restartPolicy: ExitCode)."""
+    grace_period: float = 30.0
+    """Seconds from SIGTERM to SIGKILL (terminationGracePeriodSeconds)."""
+    checkpoint_uri: str | None = None
+    """Checkpoint directory or URI handed to the job (FI_DIST_CKPT_DIR)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resources, dict):
+            self.resources = ResourceSpec(**self.resources)
+        if isinstance(self.debug, dict):
+            self.debug = DebugSpec(**self.debug)
+        if not isinstance(self.script, str) or not self.script:
+            raise ConfigError(f"script must be a non-empty path, got {self.script!r}")
+        if not isinstance(self.name, str) or len(self.name) > 63 or not _DNS_1035.match(self.name):
+            raise ConfigError(
+                f"name must be a DNS-1035 label (lower-case letters, digits, '-', "
+                f"starting with a letter, at most 63 characters), got {self.name!r}"
+            )
+        _check_positive("nnodes", self.nnodes)
+        _check_positive("nproc_per_node", self.nproc_per_node)
+        _check_port("master_port", self.master_port, allow_zero=True)
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be an integer >= 0, got {self.max_restarts!r}")
+        _check_non_negative("grace_period", self.grace_period)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
+            raise ConfigError(f"env must map strings to strings, got {self.env!r}")
+        self.script_args = [str(a) for a in self.script_args]
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

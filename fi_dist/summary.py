@@ -1,0 +1,112 @@
+"""Turn a finished attempt's run directory into per-rank outcomes and one root cause.
+
+Like torchelastic's error files: every failed rank's error is read, and the FIRST
+failure (by timestamp) is reported as the root cause; the others are consequences.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+from fi_dist.rundir import RunDir
+
+
+@dataclass
+class RankOutcome:
+    rank: int
+    node: int
+    exitcode: int | None
+    """None when the rank was ended from outside before it could report."""
+    detail: str = ""
+
+
+@dataclass
+class RootCause:
+    label: str
+    exitcode: int
+    message: str
+    traceback: str | None
+    timestamp: float
+
+
+@dataclass
+class Summary:
+    outcomes: list[RankOutcome]
+    root_cause: RootCause | None
+    exitcode: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exitcode == 0
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code if code < 0 else code - 128).name
+    except ValueError:
+        return f"signal {code}"
+
+
+def summarize(run: RunDir, world_size: int, nproc_per_node: int,
+              node_exits: dict[int, int | None]) -> Summary:
+    """Combine rank files, node results and node exit codes into a :class:`Summary`."""
+    ranks = run.ranks()
+    nodes = run.nodes()
+    failures: list[RootCause] = []
+    outcomes: list[RankOutcome] = []
+    for node_rank, result in nodes.items():
+        for r, f in result.get("failures", {}).items():
+            code = f["exitcode"]
+            msg = f.get("message") or ""
+            if code < 0:
+                msg = f"killed by {_signal_name(code)}"
+            failures.append(RootCause(
+                f"rank {r} (node {node_rank})", code, msg, f.get("traceback"),
+                float(f.get("timestamp") or result.get("ended") or 0),
+            ))
+    failed_codes = {int(c.label.split()[1]): c.exitcode for c in failures}
+    for rank in range(world_size):
+        node = rank // nproc_per_node
+        info = ranks.get(rank, {})
+        if rank in failed_codes:
+            code: int | None = failed_codes[rank]
+        elif info.get("state") in ("exited", "failed"):
+            code = info.get("exitcode")
+        else:
+            code = None
+        detail = info.get("error", "") if code else ""
+        if code is None:
+            detail = "ended before reporting (stopped by its node agent or the launcher)"
+        outcomes.append(RankOutcome(rank, node, code, detail))
+    for node_rank, code in sorted(node_exits.items()):
+        if code and not any(c.label.endswith(f"(node {node_rank})") for c in failures):
+            result = nodes.get(node_rank, {})
+            msg = result.get("error") or (
+                f"node agent ended by {_signal_name(code)}" if code < 0 or code > 128
+                else f"node agent exited with {code}")
+            failures.append(RootCause(f"node {node_rank}", code if code > 0 else 128 - code,
+                                      msg, None, float(result.get("ended") or float("inf"))))
+    if not failures:
+        bad = [o for o in outcomes if o.exitcode]
+        return Summary(outcomes, None, bad[0].exitcode if bad else 0)  # type: ignore[arg-type]
+    root = min(failures, key=lambda c: c.timestamp)
+    exitcode = root.exitcode if root.exitcode > 0 else 128 - root.exitcode
+    return Summary(outcomes, root, exitcode)
+
+
+def format_summary(summary: Summary) -> str:
+    lines = []
+    n_ok = sum(1 for o in summary.outcomes if o.exitcode == 0)
+    verdict = "succeeded" if summary.ok else "FAILED"
+    lines.append(f"fi-dist: job {verdict}: {n_ok}/{len(summary.outcomes)} ranks exited 0")
+    for o in summary.outcomes:
+        code = "-" if o.exitcode is None else str(o.exitcode)
+        extra = f"  {o.detail}" if o.detail else ""
+        lines.append(f"  rank {o.rank} (node {o.node}): exit {code}{extra}")
+    if summary.root_cause:
+        rc = summary.root_cause
+        lines.append(f"root cause (first failure): {rc.label}: exit {rc.exitcode}: {rc.message}")
+        if rc.traceback:
+            lines.append(rc.traceback.rstrip())
+    return "\n".join(lines)
