@@ -1,0 +1,69 @@
+"""Per-rank liveness signals, written to the rank's file in the run directory.
+
+The contract between what happens on a rank (training steps, debugger activity,
+pauses) and who watches it from outside (``fi-dist status``, the idle culler):
+
+* ``step`` / ``step_time``: the last training step and when it ended;
+* ``debug_activity``: when a debugger client last did something for this rank;
+* ``state``: running, paused at file:line, blocked in collective, exited ...
+
+Writes are throttled (at most one per ``min_interval`` seconds per field kind) so the
+training loop pays a clock read per step, not a file write.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fi_dist import env_vars as ev
+from fi_dist.rundir import RunDir
+
+
+class Heartbeat:
+    """Throttled writer of one rank's liveness fields."""
+
+    def __init__(self, run_dir: RunDir | None, rank: int, min_interval: float = 1.0) -> None:
+        self.run_dir = run_dir
+        self.rank = rank
+        self.min_interval = min_interval
+        self._last_write: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _write(self, kind: str, force: bool, **fields: Any) -> None:
+        if self.run_dir is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last_write.get(kind, -1e9) < self.min_interval:
+                return
+            self._last_write[kind] = now
+            self.run_dir.write_rank(self.rank, **fields)
+
+    def step(self, step: int) -> None:
+        """A training step ended."""
+        self._write("step", False, step=step, step_time=time.time())
+
+    def debug_activity(self) -> None:
+        """A debugger client did something for this rank (request, pause, step)."""
+        self._write("debug", False, debug_activity=time.time())
+
+    def state(self, state: str, **extra: Any) -> None:
+        """A state change (always written)."""
+        self._write("state", True, state=state, **extra)
+
+
+_current: Heartbeat | None = None
+
+
+def current() -> Heartbeat:
+    """This process's heartbeat, from RANK and FI_DIST_RUN_DIR (a no-op writer without them)."""
+    global _current
+    if _current is None:
+        run = os.environ.get(ev.FI_DIST_RUN_DIR)
+        rank = int(os.environ.get(ev.RANK, "0") or 0)
+        _current = Heartbeat(RunDir(Path(run)) if run else None, rank)
+    return _current
