@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from fi_dist import procs, rundir
 from fi_dist.config import load_spec
@@ -115,6 +114,7 @@ def cmd_preempt(args: argparse.Namespace) -> int:
     if not 0 <= args.node < nnodes:
         raise ConfigError(f"--node {args.node} is outside 0..{nnodes - 1} for run {run.run_id}")
     pids = procs.job_processes(run.run_id, args.node)
+    run.record_preemption(args.node, args.grace)
     print(f"fi-dist: preempting node {args.node} of {run.run_id}: SIGTERM to {len(pids)} "
           f"processes, SIGKILL after {args.grace:g}s")
     killed = procs.terminate(run.run_id, args.node, grace=args.grace)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from fi_dist.errors import LauncherError
 from fi_dist.spec import JobSpec
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     """PENDING -> RUNNING -> (SUCCEEDED | FAILED | CANCELLED); UNKNOWN if unreadable."""
 
     PENDING = "pending"

@@ -9,6 +9,7 @@ every process of one "pod".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -58,10 +59,8 @@ def _is_zombie(pid: int) -> bool:
 
 def signal_pids(pids: list[int], sig: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def terminate(run_id: str, node: int | None = None, grace: float = 30.0, poll: float = 0.1) -> int:

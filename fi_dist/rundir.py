@@ -111,9 +111,18 @@ class RunDir:
                 out[int(f.stem)] = data
         return out
 
+    def record_preemption(self, node: int, grace: float) -> None:
+        """Note that ``node`` was preempted now (the root cause the summary reports)."""
+        write_json(self.path / "events" / f"preempt-{node}.json",
+                   {"node": node, "time": time.time(), "grace": grace})
+
+    def preemptions(self) -> list[dict[str, Any]]:
+        found = (read_json(f) for f in sorted((self.path / "events").glob("preempt-*.json")))
+        return [p for p in found if p is not None]
+
     def clear_attempt_state(self) -> None:
-        """Forget rank and node results before a restart of the whole job."""
-        for sub in ("ranks", "nodes"):
+        """Forget rank and node results and events before a restart of the whole job."""
+        for sub in ("ranks", "nodes", "events"):
             for f in (self.path / sub).glob("*.json"):
                 f.unlink(missing_ok=True)
 

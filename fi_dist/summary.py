@@ -58,14 +58,26 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
     for node_rank, result in nodes.items():
         for r, f in result.get("failures", {}).items():
             code = f["exitcode"]
+            info = ranks.get(int(r), {})
             msg = f.get("message") or ""
-            if code < 0:
-                msg = f"killed by {_signal_name(code)}"
-            failures.append(RootCause(
-                f"rank {r} (node {node_rank})", code, msg, f.get("traceback"),
-                float(f.get("timestamp") or result.get("ended") or 0),
-            ))
-    failed_codes = {int(c.label.split()[1]): c.exitcode for c in failures}
+            if info.get("state") == "failed" and info.get("ended"):
+                # The rank's own exception, timed to the microsecond (torchelastic's
+                # error-file timestamps are whole seconds, too coarse to order ranks).
+                when = float(info["ended"])
+            else:
+                # Ended from outside without raising: a consequence, known only when
+                # its node agent noticed.
+                when = float(result.get("ended") or f.get("timestamp") or 0)
+                if code < 0:
+                    msg = f"killed by {_signal_name(code)}"
+            failures.append(RootCause(f"rank {r} (node {node_rank})", code, msg,
+                                      f.get("traceback"), when))
+    for p in run.preemptions():
+        failures.append(RootCause(f"node {p['node']}", 143,
+                                  "preempted (SIGTERM to every process of the node)",
+                                  None, float(p["time"])))
+    failed_codes = {int(c.label.split()[1]): c.exitcode for c in failures
+                    if c.label.startswith("rank")}
     for rank in range(world_size):
         node = rank // nproc_per_node
         info = ranks.get(rank, {})
@@ -80,7 +92,9 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
             detail = "ended before reporting (stopped by its node agent or the launcher)"
         outcomes.append(RankOutcome(rank, node, code, detail))
     for node_rank, code in sorted(node_exits.items()):
-        if code and not any(c.label.endswith(f"(node {node_rank})") for c in failures):
+        explained = any(c.label.endswith(f"(node {node_rank})") or c.label == f"node {node_rank}"
+                        for c in failures)
+        if code and not explained:
             result = nodes.get(node_rank, {})
             msg = result.get("error") or (
                 f"node agent ended by {_signal_name(code)}" if code < 0 or code > 128
@@ -108,5 +122,22 @@ def format_summary(summary: Summary) -> str:
         rc = summary.root_cause
         lines.append(f"root cause (first failure): {rc.label}: exit {rc.exitcode}: {rc.message}")
         if rc.traceback:
-            lines.append(rc.traceback.rstrip())
+            lines.append(_user_frames(rc.traceback))
     return "\n".join(lines)
+
+
+def _user_frames(tb: str) -> str:
+    """Drop fi-dist's own launch frames (rank_main, runpy) so the user's code leads."""
+    out: list[str] = []
+    skip_source = False
+    for line in tb.rstrip().splitlines():
+        if line.startswith("  File "):
+            skip_source = "fi_dist/runtime/rank_main.py" in line or "<frozen runpy>" in line
+            if skip_source:
+                continue
+        elif skip_source and line.startswith("    "):
+            continue
+        else:
+            skip_source = False
+        out.append(line)
+    return "\n".join(out)

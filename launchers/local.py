@@ -33,6 +33,7 @@ from fi_dist.summary import Summary, format_summary, summarize
 
 MAX_LOCAL_NODES = 253
 PREEMPTED_EXIT = 143
+PEER_EXIT_WINDOW = 3.0
 
 
 def node_addr(node: int) -> str:
@@ -240,6 +241,7 @@ class _Supervisor:
         popens = self._start_nodes()
         exits: dict[int, int | None] = {n: None for n in popens}
         torn_down = False
+        first_failure: float | None = None
         while any(c is None for c in exits.values()):
             self._drain(0.05)
             for n, p in popens.items():
@@ -247,7 +249,12 @@ class _Supervisor:
                     exits[n] = code
                     self.view.node_state(n, f"exited {code}")
             failed = any(c not in (None, 0) for c in exits.values())
-            if (failed or self._stop_signal is not None) and not torn_down:
+            if failed and first_failure is None:
+                first_failure = time.monotonic()
+            # Peers of a failed node usually fail on their own within a moment (closed
+            # sockets); give them that so their exit codes are their own, then end them.
+            overdue = first_failure is not None and time.monotonic() - first_failure > PEER_EXIT_WINDOW
+            if (overdue or self._stop_signal is not None) and not torn_down:
                 torn_down = True
                 threading.Thread(target=procs.terminate, daemon=True,
                                  args=(self.run_id, None, self.spec.grace_period)).start()

@@ -17,13 +17,13 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from fi_dist import env_vars as ev
 from fi_dist.errors import InconsistentEnvError
 
 
-class LauncherKind(str, Enum):
+class LauncherKind(StrEnum):
     """What started this process."""
 
     LOCAL = "local"
