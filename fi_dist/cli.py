@@ -18,6 +18,33 @@ from fi_dist.spec import JobSpec
 # Flags of `run` that map onto JobSpec fields; None means "not given on the command line".
 _RUN_FIELDS = ("nnodes", "nproc_per_node", "master_port", "launcher", "name",
                "max_restarts", "grace_period", "image", "namespace", "checkpoint_uri")
+# `--idle-X` flags map onto IdleSpec field X (docs/idle.md); any of them turns culling on.
+_IDLE_FIELDS = ("timeout", "threshold", "interval", "warn_lead", "dry_run", "sampler",
+                "hang_factor", "webhook", "email", "smtp", "email_from")
+
+
+def _add_idle_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("idle culling", "end nodes whose GPUs (or CPU ranks) stay idle "
+                             "with no debugger activity; any --idle* flag turns it on")
+    g.add_argument("--idle", action="store_true", help="cull idle nodes with the defaults")
+    g.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                   help="idle window before a node is ended (default 1800)")
+    g.add_argument("--idle-threshold", type=float, metavar="PERCENT",
+                   help="utilisation under which a device is idle (default 5)")
+    g.add_argument("--idle-interval", type=float, metavar="SECONDS",
+                   help="seconds between samples (default 10)")
+    g.add_argument("--idle-warn-lead", type=float, metavar="SECONDS",
+                   help="warn this long before ending (default 300, at most timeout/2)")
+    g.add_argument("--idle-dry-run", action="store_true", default=None,
+                   help="only report idle nodes, never end them")
+    g.add_argument("--idle-sampler", choices=("auto", "nvml", "cpu"),
+                   help="utilisation source (default auto: NVML if it sees a GPU)")
+    g.add_argument("--idle-hang-factor", type=float, metavar="K",
+                   help="report a busy rank hung after K median step times (default 10)")
+    g.add_argument("--idle-webhook", metavar="URL", help="POST notifications as JSON here")
+    g.add_argument("--idle-email", metavar="ADDR[,ADDR]", help="mail notifications here")
+    g.add_argument("--idle-smtp", metavar="HOST:PORT", help="SMTP relay (default localhost:25)")
+    g.add_argument("--idle-email-from", metavar="ADDR", help="sender of the mail")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +66,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-uri", dest="checkpoint_uri", default=None,
                    help="checkpoint directory or URI handed to the job as FI_DIST_CKPT_DIR")
     p.add_argument("--config", default=None, help="job spec file (.toml/.yaml) from configs/")
+    _add_idle_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print what would run and exit")
     p.add_argument("--plain", action="store_true", help="no live table, prefixed lines only")
     p.add_argument("script", nargs="?", help="training script")
@@ -74,11 +102,17 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     if script_args and script_args[0] == "--":
         script_args = script_args[1:]
     given = {f: getattr(args, f) for f in _RUN_FIELDS if getattr(args, f) is not None}
+    idle = {f: getattr(args, f"idle_{f}") for f in _IDLE_FIELDS
+            if getattr(args, f"idle_{f}", None) is not None}
+    if idle or getattr(args, "idle", False):
+        given["idle"] = {**idle, "enabled": True}
     if args.script:
         given["script"] = args.script
         given["script_args"] = script_args
     if args.config:
         base = load_spec(args.config).to_dict()
+        if "idle" in given:
+            given["idle"] = {**base.get("idle", {}), **given["idle"]}
         base.update(given)
         from fi_dist.config import spec_from_dict
 
@@ -137,17 +171,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     info = run.read_run()
     ranks = run.ranks()
     now = time.time()
+    from fi_dist.runtime.idle import read_node_idle
+
+    idle = read_node_idle(run)  # nodes/<k>.idle.json, written by each node's culler
     rows = [{"rank": r, "node": d.get("node"), "pid": d.get("pid"),
-             "state": _rank_state(d, now), **{k: d[k] for k in d if k.startswith("idle")}}
+             "state": _rank_state(d, now), **{k: d[k] for k in d if k.startswith("idle")},
+             **({"idle": idle[d["node"]]["phase"], "idle_for": idle[d["node"]]["idle_for"]}
+                if d.get("node") in idle else {})}
             for r, d in sorted(ranks.items())]
     if args.json:
         print(json.dumps({"run_id": run.run_id, "job_state": info.get("job_state"),
-                          "ranks": rows}, indent=2))
+                          "ranks": rows, "idle": {str(n): v for n, v in idle.items()}},
+                         indent=2))
         return 0
     print(f"run {run.run_id}: {info.get('job_state', '?')}")
     print(f"{'rank':>4}  {'node':>4}  {'pid':>7}  state")
     for row in rows:
-        print(f"{row['rank']:>4}  {row['node']:>4}  {row['pid']:>7}  {row['state']}")
+        extra = f"  [idle: {row['idle']}, {row['idle_for']:.0f}s]" if "idle" in row else ""
+        print(f"{row['rank']:>4}  {row['node']:>4}  {row['pid']:>7}  {row['state']}{extra}")
     return 0
 
 

@@ -69,6 +69,65 @@ class ResourceSpec:
             raise ConfigError(f"resources.gpus must be an integer >= 0, got {self.gpus!r}")
 
 
+_IDLE_SAMPLERS = ("auto", "nvml", "cpu")
+
+
+@dataclass
+class IdleSpec:
+    """Idle-worker culling (fi_dist.runtime.idle); off unless ``enabled``."""
+
+    enabled: bool = False
+    """Watch every node and end the ones that stay idle for ``timeout`` seconds."""
+    timeout: float = 1800.0
+    """Seconds every device must stay under ``threshold`` with no debugger action."""
+    threshold: float = 5.0
+    """Utilisation percent (GPU, or CPU of a rank process) under which it counts as idle."""
+    interval: float = 10.0
+    """Seconds between two samples; detection takes at most timeout + 2 intervals."""
+    warn_lead: float = 300.0
+    """Seconds before ending that the warning goes out (at most half the timeout)."""
+    dry_run: bool = False
+    """Only report (notify, status); never signal a rank."""
+    sampler: str = "auto"
+    """Utilisation source: nvml (GPUs), cpu (process CPU time) or auto (nvml if usable)."""
+    hang_factor: float = 10.0
+    """A busy node's rank is hung when its step heartbeat is this many median steps old."""
+    webhook: str | None = None
+    """URL that receives each notification as an HTTP POST with a JSON body."""
+    email: list[str] = field(default_factory=list)
+    """Addresses that receive each notification by mail."""
+    smtp: str = "localhost:25"
+    """SMTP server HOST:PORT for ``email``."""
+    email_from: str = "fi-dist@localhost"
+    """Sender address of the mail."""
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"idle.{name} must be a number of seconds > 0, got {value!r}")
+        _check_non_negative("idle.warn_lead", self.warn_lead)
+        if not isinstance(self.threshold, int | float) or not 0 < self.threshold <= 100:
+            raise ConfigError(f"idle.threshold must be a percent in (0, 100], got {self.threshold!r}")
+        if self.interval > self.timeout:
+            raise ConfigError(f"idle.interval ({self.interval!r}s) must not exceed "
+                              f"idle.timeout ({self.timeout!r}s)")
+        if self.sampler not in _IDLE_SAMPLERS:
+            raise ConfigError(f"idle.sampler must be one of {', '.join(_IDLE_SAMPLERS)}, "
+                              f"got {self.sampler!r}")
+        if not isinstance(self.hang_factor, int | float) or self.hang_factor <= 1:
+            raise ConfigError(f"idle.hang_factor must be a number > 1, got {self.hang_factor!r}")
+        if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
+            raise ConfigError(f"idle.webhook must be an http(s) URL, got {self.webhook!r}")
+        if isinstance(self.email, str):
+            self.email = [a.strip() for a in self.email.split(",") if a.strip()]
+        if not all(isinstance(a, str) and "@" in a for a in self.email):
+            raise ConfigError(f"idle.email must be mail addresses, got {self.email!r}")
+        host, sep, port = self.smtp.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"idle.smtp must be HOST:PORT, got {self.smtp!r}")
+
+
 @dataclass
 class JobSpec:
     """One distributed training job, independent of where it runs."""
@@ -103,12 +162,19 @@ class JobSpec:
     """Seconds from SIGTERM to SIGKILL (terminationGracePeriodSeconds)."""
     checkpoint_uri: str | None = None
     """Checkpoint directory or URI handed to the job (FI_DIST_CKPT_DIR)."""
+    idle: IdleSpec = field(default_factory=IdleSpec)
+    """Idle-worker culling options."""
 
     def __post_init__(self) -> None:
         if isinstance(self.resources, dict):
             self.resources = ResourceSpec(**self.resources)
         if isinstance(self.debug, dict):
             self.debug = DebugSpec(**self.debug)
+        if isinstance(self.idle, dict):
+            try:
+                self.idle = IdleSpec(**self.idle)
+            except TypeError as exc:  # an unknown key: name it, like config.py does
+                raise ConfigError(f"idle: {exc}") from None
         if not isinstance(self.script, str) or not self.script:
             raise ConfigError(f"script must be a non-empty path, got {self.script!r}")
         if not isinstance(self.name, str) or len(self.name) > 63 or not _DNS_1035.match(self.name):

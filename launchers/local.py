@@ -28,6 +28,7 @@ from fi_dist import procs, rundir
 from fi_dist.console import PlainView
 from fi_dist.errors import ConfigError
 from fi_dist.launcher import DryRun, JobState, JobStatus, Launcher
+from fi_dist.runtime.idle.config import idle_env
 from fi_dist.spec import JobSpec
 from fi_dist.summary import Summary, format_summary, summarize
 
@@ -119,6 +120,7 @@ class LocalLauncher(Launcher):
                         ev.FI_DIST_GRACE_PERIOD: str(spec.grace_period)})
             if spec.checkpoint_uri:
                 env[ev.FI_DIST_CKPT_DIR] = spec.checkpoint_uri
+            env.update(idle_env(spec.idle))  # FI_DIST_IDLE_*: the node agent's culler
             argv = [sys.executable, "-m", "fi_dist.runtime.node_agent", spec.script,
                     *spec.script_args]
             nodes.append(NodePlan(i, node_addr(i), argv, env))

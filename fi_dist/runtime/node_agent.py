@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     config, cmd, cmd_args = config_from_args(args)
     result: dict[str, Any] = {"node": node.node_rank, "started": time.time(), "failures": {}}
     code = 0
+    from fi_dist.runtime import idle
+
+    culler = idle.start_from_env(run_dir, node.node_rank)  # None unless FI_DIST_IDLE_TIMEOUT
     try:
         elastic_launch(config=config, entrypoint=cmd)(*cmd_args)
     except ChildFailedError as exc:
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 128 + int(sigval) if sigval is not None else 1
     result["exitcode"] = code
     result["ended"] = time.time()
+    if culler is not None:  # the culler ended this node: IDLE_EXIT_CODE, not retried
+        code = culler.finish(result, code)
     if run_dir:
         from fi_dist.rundir import write_json
 
