@@ -112,10 +112,14 @@ class NodeEnvironment:
                 f"{ev.PET_NODE_RANK}/{ev.RANK}={node_rank} is outside 0..{nnodes - 1} "
                 f"given {ev.PET_NNODES}/{ev.WORLD_SIZE}={nnodes}"
             )
-        if ev.PET_NNODES in env and ev.WORLD_SIZE in env and env[ev.WORLD_SIZE] != env[ev.PET_NNODES]:
+        # The training operator up to v1.7 sets WORLD_SIZE to the pod count; v1.8+ to
+        # pods x nprocPerNode. Either agrees with PET_NNODES; anything else is a mix-up.
+        if ev.PET_NNODES in env and ev.WORLD_SIZE in env and _int(env, ev.WORLD_SIZE) not in (
+                nnodes, nnodes * nproc):
             raise InconsistentEnvError(
-                f"{ev.WORLD_SIZE}={env[ev.WORLD_SIZE]} (node count in a pod) disagrees "
-                f"with {ev.PET_NNODES}={env[ev.PET_NNODES]}"
+                f"{ev.WORLD_SIZE}={env[ev.WORLD_SIZE]} disagrees with {ev.PET_NNODES}="
+                f"{env[ev.PET_NNODES]} (expected the pod count, or pods x "
+                f"{ev.PET_NPROC_PER_NODE}={nnodes * nproc})"
             )
         master_addr = env.get(ev.PET_MASTER_ADDR) or env.get(ev.MASTER_ADDR) or "127.0.0.1"
         master_port = _port(env, ev.PET_MASTER_PORT, _port(env, ev.MASTER_PORT, 29500))
