@@ -123,8 +123,9 @@ def hang_after(policy: Policy, durations: tuple[float, ...]) -> float | None:
     """Seconds without a step that make a busy rank hung; None before two heartbeats."""
     if not durations:
         return None
-    # Heartbeats are throttled and sampled: a fast step cannot look staler than that.
-    floor = 2 * max(HEARTBEAT_PERIOD, policy.interval)
+    # A healthy rank's heartbeat is up to one write period (plus a step) old when it is
+    # read, and it is read once per interval: never call that a hang.
+    floor = 2 * HEARTBEAT_PERIOD + policy.interval
     return max(policy.hang_factor * statistics.median(durations), floor)
 
 
