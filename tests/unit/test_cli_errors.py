@@ -1,0 +1,59 @@
+"""Bad CLI input gets a clear error naming what is wrong (real `fi-dist` subprocesses)."""
+
+from __future__ import annotations
+
+import socket
+
+from conftest import EXAMPLES
+
+
+def test_nnodes_zero(run_cli):
+    r = run_cli("run", "--nnodes", "0", str(EXAMPLES / "ddp_train.py"))
+    assert r.returncode == 2
+    assert "nnodes must be a positive integer, got 0" in r.stderr
+
+
+def test_missing_script(run_cli):
+    r = run_cli("run", "--nnodes", "2", "no_such_script.py")
+    assert r.returncode == 2
+    assert "training script not found: no_such_script.py" in r.stderr
+
+
+def test_no_script(run_cli):
+    r = run_cli("run", "--nnodes", "2")
+    assert r.returncode == 2 and "no training script given" in r.stderr
+
+
+def test_master_port_in_use(run_cli):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run_cli("run", "--master-port", str(port), str(EXAMPLES / "ddp_train.py"))
+    assert r.returncode == 2
+    assert f"master port {port} is already in use" in r.stderr
+
+
+def test_unknown_launcher(run_cli):
+    r = run_cli("run", "--launcher", "slurm", str(EXAMPLES / "ddp_train.py"))
+    assert r.returncode == 2
+    assert "unknown launcher 'slurm'" in r.stderr and "local" in r.stderr
+
+
+def test_preempt_without_a_run(run_cli):
+    r = run_cli("preempt", "--node", "1")
+    assert r.returncode == 2 and "no fi-dist run found" in r.stderr
+
+
+def test_local_dry_run_prints_each_node_with_pod_env(run_cli):
+    import yaml
+
+    r = run_cli("run", "--nnodes", "2", "--nproc-per-node", "3", "--master-port", "0",
+                "--dry-run", str(EXAMPLES / "ddp_train.py"), "--", "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    docs = list(yaml.safe_load_all(r.stdout))
+    assert [d["addr"] for d in docs] == ["127.0.0.2", "127.0.0.3"]
+    env1 = docs[1]["env"]
+    assert env1["RANK"] == "1" and env1["WORLD_SIZE"] == "2" and env1["PET_NPROC_PER_NODE"] == "3"
+    assert env1["MASTER_ADDR"] == env1["PET_MASTER_ADDR"] == "127.0.0.2"
+    assert docs[0]["argv"][-2:] == ["--steps", "3"]
