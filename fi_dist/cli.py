@@ -47,6 +47,33 @@ def _add_idle_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--idle-email-from", metavar="ADDR", help="sender of the mail")
 
 
+def _add_debug_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("debugging", "debugpy in every rank, one hub port for the IDE "
+                             "(docs/debug.md)")
+    g.add_argument("--debug", action="store_true", default=None,
+                   help="start debugpy in every rank and the debug hub beside rank 0")
+    g.add_argument("--debug-port", type=int, metavar="PORT",
+                   help="the hub's IDE port (default 5678; 0 = a free one, see launch.json)")
+    g.add_argument("--debug-host", metavar="ADDR",
+                   help="address the IDE port binds (default 127.0.0.1)")
+    g.add_argument("--wait-for-client", action="store_true", default=None,
+                   help="hold every rank before the first line until a client attaches")
+    g.add_argument("--post-mortem-wait", type=float, metavar="SECONDS",
+                   help="a rank that raised waits this long for a client before failing")
+
+
+def _add_attach(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("attach", help="the IDE attach configuration of the newest --debug job")
+    p.add_argument("--print", action="store_true", dest="print_config",
+                   help="print the 'fi-dist: attach all ranks' configuration as JSON")
+    p.set_defaults(func=cmd_attach)
+
+
+# `run` flags that map onto DebugSpec fields; any of them turns debugging on.
+_DEBUG_FLAGS = {"enabled": "debug", "port": "debug_port", "host": "debug_host",
+                "wait_for_client": "wait_for_client", "post_mortem_wait": "post_mortem_wait"}
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="launch a training script on N nodes x M ranks",
                        description="Launch SCRIPT like torchrun, on the chosen launcher.")
@@ -67,6 +94,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint directory or URI handed to the job as FI_DIST_CKPT_DIR")
     p.add_argument("--config", default=None, help="job spec file (.toml/.yaml) from configs/")
     _add_idle_flags(p)
+    _add_debug_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print what would run and exit")
     p.add_argument("--plain", action="store_true", help="no live table, prefixed lines only")
     p.add_argument("script", nargs="?", help="training script")
@@ -93,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_preempt(sub)
     _add_status(sub)
+    _add_attach(sub)
     return parser
 
 
@@ -106,6 +135,10 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
             if getattr(args, f"idle_{f}", None) is not None}
     if idle or getattr(args, "idle", False):
         given["idle"] = {**idle, "enabled": True}
+    debug = {f: getattr(args, a) for f, a in _DEBUG_FLAGS.items()
+             if getattr(args, a, None) is not None}
+    if debug:
+        given["debug"] = {**debug, "enabled": True}
     if args.script:
         given["script"] = args.script
         given["script_args"] = script_args
@@ -113,6 +146,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         base = load_spec(args.config).to_dict()
         if "idle" in given:
             given["idle"] = {**base.get("idle", {}), **given["idle"]}
+        if "debug" in given:
+            given["debug"] = {**base.get("debug", {}), **given["debug"]}
         base.update(given)
         from fi_dist.config import spec_from_dict
 
@@ -189,6 +224,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         extra = f"  [idle: {row['idle']}, {row['idle_for']:.0f}s]" if "idle" in row else ""
         print(f"{row['rank']:>4}  {row['node']:>4}  {row['pid']:>7}  {row['state']}{extra}")
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from fi_dist.runtime.debug.launchjson import read_config
+
+    run = rundir.current_run(require_alive=False)
+    config = read_config(run.path)
+    if config is None:
+        raise ConfigError(f"run {run.run_id} has no debug hub (start it with `fi-dist run "
+                          "--debug`, and wait until the hub is up)")
+    print(json.dumps(config, indent=2))
+    if not args.print_config:
+        print("paste this into .vscode/launch.json (the hub already wrote it in the job's "
+              "working directory) and start it in VSCode's Run and Debug view", file=sys.stderr)
     return 0
 
 

@@ -112,9 +112,10 @@ class LocalLauncher(Launcher):
         if not _port_free(port):
             raise ConfigError(f"master port {port} is already in use; pick another with "
                               "--master-port (or 0 for a free one)")
+        debug_vars = self._debug_env(spec)
         nodes = []
         for i in range(spec.nnodes):
-            env = {**spec.env, **operator_env(spec, i, master_addr, port)}
+            env = {**spec.env, **operator_env(spec, i, master_addr, port), **debug_vars}
             env.update({ev.FI_DIST_LAUNCHER: "local", ev.FI_DIST_NODE_ADDR: node_addr(i),
                         ev.FI_DIST_NODE_RANK: str(i),
                         ev.FI_DIST_GRACE_PERIOD: str(spec.grace_period)})
@@ -127,6 +128,18 @@ class LocalLauncher(Launcher):
         request = LocalRequest(spec, master_addr, port, nodes)
         docs = [{"node": n.node, "addr": n.addr, "argv": n.argv, "env": n.env} for n in nodes]
         return DryRun(self.name, spec, request, docs)
+
+    @staticmethod
+    def _debug_env(spec: JobSpec) -> dict[str, str]:
+        # FI_DIST_DEBUG*: the hub on node 0 and debugpy in every rank (docs/debug.md).
+        if not spec.debug.enabled:
+            return {}
+        from fi_dist.runtime.debug.config import debug_env
+
+        if spec.debug.port and not _port_free(spec.debug.port):
+            raise ConfigError(f"debug port {spec.debug.port} is already in use; pick another "
+                              "with --debug-port (or 0 for a free one)")
+        return debug_env(spec.debug, rank_port=free_port())
 
     # --- run ---------------------------------------------------------------------
     def schedule(self, dryrun: DryRun) -> str:

@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     from fi_dist.runtime import idle
 
     culler = idle.start_from_env(run_dir, node.node_rank)  # None unless FI_DIST_IDLE_TIMEOUT
+    from fi_dist.runtime.debug import hub_process
+
+    hub = hub_process.start(node)  # node 0 of a --debug job: the debug hub beside rank 0
     try:
         elastic_launch(config=config, entrypoint=cmd)(*cmd_args)
     except ChildFailedError as exc:
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         result["error"] = f"{type(exc).__name__}: {exc}"
         sigval = getattr(exc, "sigval", None)
         code = 128 + int(sigval) if sigval is not None else 1
+    finally:
+        hub_process.stop(hub)
     result["exitcode"] = code
     result["ended"] = time.time()
     if culler is not None:  # the culler ended this node: IDLE_EXIT_CODE, not retried

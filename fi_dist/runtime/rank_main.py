@@ -80,11 +80,18 @@ def main(argv: list[str] | None = None) -> int:
                          pid=os.getpid(), addr=env.node_addr, state="running",
                          started=time.time())
     code = 0
+    debug = os.environ.get(ev.FI_DIST_DEBUG) == "1"
+    if debug:  # debugpy on loopback + the hub agent; debugpy is imported only here
+        from fi_dist.runtime.debug import rank_hook
+
+        rank_hook.setup(env)
     try:
         run_script(argv[0], argv[1:])
     except SystemExit as exc:
         code = _exit_code(exc)
     except BaseException as exc:
+        if debug and not isinstance(exc, KeyboardInterrupt):
+            rank_hook.post_mortem(exc)
         _record_error(exc)
         if state:
             state.write_rank(env.rank, state="failed", exitcode=1,

@@ -1,0 +1,228 @@
+"""The rank side of the debug hub: debugpy on loopback plus a small agent that dials out.
+
+Each rank (``rank_main`` with ``FI_DIST_DEBUG=1``) calls :func:`start`:
+
+1. ``debugpy.listen(("127.0.0.1", 0))``: one adapter per rank, loopback only (the
+   adapter refuses a second process with a PID it already knows, and PIDs repeat
+   across pods, so ranks never share one);
+2. an agent thread connects OUT to the hub's rank port (``MASTER_ADDR``:
+   ``FI_DIST_DEBUG_RANK_PORT``), presents the job token and announces rank/node/pid;
+3. on the hub's ``open`` command the agent opens a second connection to the hub and
+   splices it byte for byte to the local adapter (the hub then speaks DAP through it);
+   on ``stack`` it reports the main thread's Python stack (how the hub shows a rank
+   blocked in a collective); on ``state`` it writes the rank's state to the run dir.
+
+The agent's threads are marked as pydevd's own, so "pause all threads" and
+"suspend all on breakpoint" never stop the relay the debugger itself runs through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from fi_dist import env_vars as ev
+from fi_dist.runtime import heartbeat
+from fi_dist.runtime.debug.protocol import ProtocolError, SyncChannel, line
+from fi_dist.runtime.environment import RankEnvironment
+
+log = logging.getLogger("fi_dist.debug.agent")
+
+COLLECTIVE_HINTS = ("torch/distributed/", "torch\\distributed\\")
+"""A main-thread frame in these files while the rank ignores a pause: a collective."""
+
+
+def _debugger_thread(target: Any, *args: Any, name: str) -> threading.Thread:
+    t = threading.Thread(target=target, args=args, name=name, daemon=True)
+    # pydevd skips threads carrying these flags when it suspends or traces.
+    t.pydev_do_not_trace = True  # type: ignore[attr-defined]
+    t.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+    t.start()
+    return t
+
+
+def main_stack(limit: int = 40) -> list[dict[str, Any]]:
+    """The main thread's Python stack, innermost last (what it runs while not stopping)."""
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    if frame is None:
+        return []
+    return [{"file": f.filename, "line": f.lineno, "name": f.name}
+            for f in traceback.extract_stack(frame, limit=limit)]
+
+
+def describe_stack(frames: list[dict[str, Any]]) -> str:
+    """``blocked in collective all_reduce at train.py:42`` or ``running at f.py:3``."""
+    if not frames:
+        return "running"
+    collective = next((f for f in reversed(frames)
+                       if any(h in f["file"] for h in COLLECTIVE_HINTS)), None)
+    user = next((f for f in reversed(frames) if not any(h in f["file"] for h in COLLECTIVE_HINTS)
+                 and "fi_dist/runtime" not in f["file"]), frames[-1])
+    where = f"{os.path.basename(user['file'])}:{user['line']}"
+    if collective is not None:
+        return f"blocked in collective {collective['name']} at {where}"
+    return f"blocked in native code at {where}"
+
+
+class RankAgent:
+    """One rank's connection to the hub; relays DAP streams to the local adapter."""
+
+    def __init__(self, env: RankEnvironment, hub: tuple[str, int], token: str,
+                 adapter: tuple[str, int]) -> None:
+        self.env = env
+        self.hub = hub
+        self.token = token
+        self.adapter = adapter
+        self.connected = threading.Event()
+        self._send_lock = threading.Lock()
+        self._chan: SyncChannel | None = None
+        self._stop = False
+
+    # --- control connection -------------------------------------------------------
+    def _hello(self, kind: str, **extra: Any) -> dict[str, Any]:
+        return {"kind": kind, "token": self.token, "rank": self.env.rank,
+                "node": self.env.node_rank, "pid": os.getpid(),
+                "world_size": self.env.world_size, **extra}
+
+    def _dial(self) -> socket.socket:
+        sock = socket.create_connection(self.hub, timeout=10)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def run(self) -> None:
+        """Connect (retrying while the hub starts) and serve commands until stopped."""
+        delay = 0.05
+        while not self._stop:
+            try:
+                sock = self._dial()
+            except OSError:
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+            try:
+                self._serve(sock)
+            except (OSError, ProtocolError) as exc:
+                log.warning("%s: hub connection lost: %s", self.env.label(), exc)
+            finally:
+                self.connected.clear()
+                self._chan = None
+                sock.close()
+            time.sleep(0.2)
+
+    def _serve(self, sock: socket.socket) -> None:
+        chan = SyncChannel(sock)
+        chan.send_line(self._hello("control", adapter_port=self.adapter[1]))
+        reply = chan.read_line()
+        if not reply or not reply.get("ok"):
+            raise ProtocolError(f"hub refused this rank: {reply}")
+        self._chan = chan
+        self.connected.set()
+        while (cmd := chan.read_line()) is not None:
+            self._command(cmd)
+
+    def _command(self, cmd: dict[str, Any]) -> None:
+        name = cmd.get("cmd")
+        if name == "open":
+            _debugger_thread(self._relay, cmd.get("sid"), name="fi-dist-relay")
+        elif name == "stack":
+            frames = main_stack()
+            self.send({"event": "stack", "frames": frames, "summary": describe_stack(frames)})
+        elif name == "state":
+            extra = {k: v for k, v in cmd.items() if k not in ("cmd", "state")}
+            heartbeat.current().state(str(cmd.get("state")), **extra)
+        elif name == "activity":
+            heartbeat.current().debug_activity()
+        else:
+            log.warning("%s: unknown hub command %r", self.env.label(), name)
+
+    def send(self, obj: dict[str, Any]) -> bool:
+        """Send an event line to the hub; False when not connected."""
+        chan = self._chan
+        if chan is None:
+            return False
+        try:
+            with self._send_lock:
+                chan.send_line(obj)
+            return True
+        except OSError:
+            return False
+
+    # --- data relays ------------------------------------------------------------------
+    def _relay(self, sid: Any) -> None:
+        try:
+            up = self._dial()
+            up.sendall(line(self._hello("data", sid=sid)))
+            down = socket.create_connection(self.adapter, timeout=10)
+            down.settimeout(None)
+            down.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            log.warning("%s: cannot open debug relay %s: %s", self.env.label(), sid, exc)
+            return
+        _debugger_thread(_pump, down, up, name="fi-dist-relay-up")
+        _pump(up, down)
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while chunk := src.recv(65536):
+            dst.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+_agent: RankAgent | None = None
+
+
+def current() -> RankAgent | None:
+    """This rank's agent when the job runs under the debug hub."""
+    return _agent
+
+
+def hub_address(env: RankEnvironment) -> tuple[str, int]:
+    """Where ranks dial: node 0's address (MASTER_ADDR) and the hub's rank port."""
+    raw = os.environ.get(ev.FI_DIST_DEBUG_RANK_PORT)
+    port = int(raw) if raw else int(os.environ.get(ev.FI_DIST_DEBUG_PORT, "5678")) + 1
+    return env.master_addr, port
+
+
+def start(env: RankEnvironment) -> RankAgent:
+    """Start debugpy on loopback and the agent thread (idempotent)."""
+    global _agent
+    if _agent is not None:
+        return _agent
+    import debugpy
+
+    token = os.environ.get(ev.FI_DIST_DEBUG_TOKEN, "")
+    if not token:
+        raise RuntimeError(f"{ev.FI_DIST_DEBUG}=1 but {ev.FI_DIST_DEBUG_TOKEN} is unset: "
+                           "the hub refuses ranks without the job token")
+    # Ranks are separate torchrun workers; following their subprocesses (dataloader
+    # workers) would need one adapter session each and is not what users attach for.
+    debugpy.configure(subProcess=False)
+    adapter = debugpy.listen(("127.0.0.1", 0))
+    _agent = RankAgent(env, hub_address(env), token, (adapter[0], int(adapter[1])))
+    _debugger_thread(_agent.run, name="fi-dist-debug-agent")
+    return _agent
+
+
+def wait_for_client() -> None:
+    """Block before the script's first line until the hub's client session is configured."""
+    import debugpy
+
+    heartbeat.current().state("waiting for debugger client")
+    debugpy.wait_for_client()
+    heartbeat.current().state("running")

@@ -1,0 +1,388 @@
+"""The debug hub: one IDE port that reaches every rank of the job.
+
+``python -m fi_dist.runtime.debug.hub`` runs beside rank 0 on node 0 (started by node
+0's agent, so it is never traced or paused). Two listeners:
+
+* the **IDE port** (``FI_DIST_DEBUG_HOST``:``FI_DIST_DEBUG_PORT``, loopback by default)
+  speaks DAP like debugpy's adapter (see :mod:`fi_dist.runtime.debug.ide`);
+* the **rank port** (node 0's address : ``FI_DIST_DEBUG_RANK_PORT``) where every rank's
+  agent dials out with the job token (see :mod:`fi_dist.runtime.debug.agent`).
+
+Break on all ranks: a ``stopped`` event from any rank makes the hub send ``pause`` to
+every running rank; ``continue`` on one rank continues all; steps act on one rank. A
+rank that ignores the pause (inside a collective, waiting for a stopped peer) is shown
+as blocked with its Python stack; its pause stays pending, so it stops as soon as the
+collective returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import itertools
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fi_dist import env_vars as ev
+from fi_dist.runtime.debug import launchjson
+from fi_dist.runtime.debug.ide import HUB_KEYS, IdeSession
+from fi_dist.runtime.debug.protocol import MAX_LINE, ProtocolError, line, read_line
+from fi_dist.runtime.debug.upstream import RankLink, Upstream
+
+log = logging.getLogger("fi_dist.debug.hub")
+
+BLOCKED_AFTER = 0.3
+"""Seconds a paused rank may keep running before the hub calls it blocked."""
+
+
+class Hub:
+    """All of the hub's state; runs on one asyncio loop."""
+
+    def __init__(self, token: str, ide_host: str, ide_port: int, rank_host: str,
+                 rank_port: int, run_dir: Path | None = None, cwd: Path | None = None) -> None:
+        self.token = token
+        self.ide_host, self.ide_port = ide_host, ide_port
+        self.rank_host, self.rank_port = rank_host, rank_port
+        self.run_dir = run_dir
+        self.cwd = cwd
+        self.ranks: dict[int, RankLink] = {}
+        self.root: IdeSession | None = None
+        self.breakpoints: dict[str, dict[str, Any]] = {}
+        self.exception_filters: dict[str, Any] = {"filters": []}
+        self._sids = itertools.count(1)
+        self._data: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._servers: list[asyncio.base_events.Server] = []
+
+    # --- listeners ----------------------------------------------------------------------
+    async def start(self) -> None:
+        ide = await asyncio.start_server(self._on_ide, self.ide_host, self.ide_port)
+        ranks = await asyncio.start_server(self._on_rank, self.rank_host, self.rank_port,
+                                           limit=MAX_LINE)
+        self._servers = [ide, ranks]
+        self.ide_port = ide.sockets[0].getsockname()[1]
+        self.rank_port = ranks.sockets[0].getsockname()[1]
+        log.warning("fi-dist debug hub: IDE port %s:%s, rank port %s:%s", self.ide_host,
+                    self.ide_port, self.rank_host, self.rank_port)
+        launchjson.publish(self.attach_config(), self.cwd, self.run_dir,
+                           rank_port=self.rank_port)
+
+    def attach_config(self) -> dict[str, Any]:
+        return launchjson.attach_config(self.ide_host, self.ide_port, self.token)
+
+    async def _on_ide(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await IdeSession(self, reader, writer).serve()
+
+    async def _on_rank(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            hello = await asyncio.wait_for(read_line(reader), 10)
+        except (TimeoutError, ProtocolError, ConnectionError) as exc:
+            log.warning("rank port: closing %s: bad hello: %s", peer, exc)
+            writer.close()
+            return
+        token = hello.get("token") if hello else None
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode(),
+                                                                 self.token.encode()):
+            log.warning("rank port: refused %s: missing or wrong job token", peer)
+            writer.write(line({"ok": False, "error": "wrong token"}))
+            writer.close()
+            return
+        rank = hello.get("rank")
+        if not isinstance(rank, int):
+            writer.close()
+            return
+        if hello.get("kind") == "data":
+            entry = self._data.pop(hello.get("sid"), None)  # type: ignore[arg-type]
+            if entry is None or entry[0] != rank:
+                log.warning("rank port: unexpected data stream from %s (rank %s)", peer, rank)
+                writer.close()
+                return
+            if not entry[1].done():
+                entry[1].set_result((reader, writer))
+            return
+        await self._serve_rank(hello, rank, reader, writer)
+
+    async def _serve_rank(self, hello: dict[str, Any], rank: int,
+                          reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = RankLink(rank=rank, node=int(hello.get("node", 0)), pid=int(hello.get("pid", 0)),
+                        writer=writer)
+        old = self.ranks.get(rank)
+        if old is not None and old.upstream is not None:
+            asyncio.create_task(old.upstream.close(disconnect=False))
+        self.ranks[rank] = link
+        writer.write(line({"ok": True}))
+        log.info("%s connected (pid %s)", link.label, link.pid)
+        if self.root is not None and self.root.configured:
+            asyncio.create_task(self._open_for_root(link))
+        try:
+            while (msg := await read_line(reader)) is not None:
+                self._rank_message(link, msg)
+        except (ProtocolError, ConnectionError) as exc:
+            log.warning("%s: control stream broken: %s", link.label, exc)
+        finally:
+            writer.close()
+            if self.ranks.get(rank) is link:
+                self._rank_gone(link)
+
+    def _rank_message(self, link: RankLink, msg: dict[str, Any]) -> None:
+        event = msg.get("event")
+        if event == "stack":
+            for fut in link.stack_waiters:
+                if not fut.done():
+                    fut.set_result(msg)
+            link.stack_waiters.clear()
+        elif event == "hold":
+            link.held = True
+            link.state = "held"
+        elif event == "release":
+            link.held = False
+            if link.state == "held":
+                link.state = "running"
+
+    def _rank_gone(self, link: RankLink) -> None:
+        was = link.state
+        link.state = "exited"
+        level = logging.WARNING if was in ("stopped", "pausing", "blocked") else logging.INFO
+        log.log(level, "%s exited (was %s)", link.label, was)
+        if link.upstream is not None:
+            asyncio.create_task(link.upstream.close(disconnect=False))
+        if link.child is not None:
+            link.child.event("exited", {"exitCode": 0})
+            link.child.event("terminated")
+        if self.root is not None:
+            self.root.event("output", {"category": "console",
+                                       "output": f"fi-dist: {link.label} exited (was {was})\n"})
+
+    # --- rank debug sessions -------------------------------------------------------------
+    def _attach_args(self, args: dict[str, Any] | None) -> dict[str, Any]:
+        src = args if args is not None else (
+            (self.root.attach_req or {}).get("arguments", {}) if self.root else {})
+        out = {k: v for k, v in src.items() if k not in HUB_KEYS}
+        out.setdefault("justMyCode", False)
+        out["subProcess"] = False
+        return out
+
+    async def ensure_upstream(self, link: RankLink, args: dict[str, Any] | None = None
+                              ) -> Upstream:
+        """The rank's debug session, opened through its agent when needed."""
+        if link.connecting is not None:
+            return await asyncio.shield(link.connecting)
+        if link.upstream is not None and not link.upstream.closed.is_set():
+            return link.upstream
+        link.connecting = asyncio.get_running_loop().create_future()
+        try:
+            up = await self._open_upstream(link, args)
+        except BaseException as exc:
+            link.connecting.set_exception(exc)
+            link.connecting.exception()  # retrieved: later awaiters re-raise it
+            link.connecting = None
+            raise
+        link.connecting.set_result(up)
+        link.connecting = None
+        return up
+
+    async def _open_upstream(self, link: RankLink, args: dict[str, Any] | None) -> Upstream:
+        sid = next(self._sids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._data[sid] = (link.rank, fut)
+        link.command(cmd="open", sid=sid)
+        try:
+            reader, writer = await asyncio.wait_for(fut, 15)
+        finally:
+            self._data.pop(sid, None)
+        up = Upstream(link.label, reader, writer, lambda m: self._rank_event(link, m))
+        link.upstream = up
+        await up.start(self._attach_args(args), self.exception_filters, self.breakpoints)
+        return up
+
+    async def _open_for_root(self, link: RankLink) -> None:
+        try:
+            await self.ensure_upstream(link)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.warning("%s: cannot open its debug session: %s", link.label, exc)
+            return
+        if self.root is not None and self.root.configured and link.state != "exited":
+            self.root.announce(link)
+
+    async def root_configured(self, root: IdeSession) -> None:
+        for link in list(self.ranks.values()):
+            if link.state != "exited":
+                root.announce(link)
+                asyncio.create_task(self._open_for_root_quiet(link))
+
+    async def _open_for_root_quiet(self, link: RankLink) -> None:
+        try:
+            await self.ensure_upstream(link)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.warning("%s: cannot open its debug session: %s", link.label, exc)
+
+    def broadcast(self, command: str, args: dict[str, Any]) -> None:
+        for link in self.ranks.values():
+            if link.upstream is not None and not link.upstream.closed.is_set():
+                link.upstream.fire(command, args)
+
+    async def ide_closed(self, session: IdeSession) -> None:
+        if session.link is not None and session.link.child is session:
+            session.link.child = None
+        if session is not self.root:
+            return
+        # The client left: resume every rank (debugpy's disconnect resumes and clears
+        # breakpoints) and close the children's views.
+        self.root = None
+        self.breakpoints.clear()
+        self.exception_filters = {"filters": []}
+        log.warning("IDE client detached: resuming every rank")
+        closing = []
+        for link in self.ranks.values():
+            if link.child is not None:
+                link.child.event("terminated")
+                link.child.close()
+                link.child = None
+            if link.upstream is not None:
+                closing.append(link.upstream.close(disconnect=True))
+                link.upstream = None
+            if link.state in ("stopped", "pausing", "blocked"):
+                link.state = "running"
+                link.command(cmd="state", state="running")
+        await asyncio.gather(*closing, return_exceptions=True)
+
+    def activity(self, link: RankLink) -> None:
+        link.command(cmd="activity")
+
+    # --- break all / continue all ------------------------------------------------------
+    def _rank_event(self, link: RankLink, msg: dict[str, Any]) -> None:
+        name = msg["event"]
+        if name == "fi-dist/closed":
+            if link.upstream is not None and link.upstream.closed.is_set():
+                link.upstream = None
+            return
+        if name == "stopped":
+            first = link.state not in ("pausing", "blocked")
+            link.state, link.stopped_event, link.blocked = "stopped", msg, None
+            if first:
+                self.pause_all(link)
+            asyncio.create_task(self._record_stop(link))
+        elif name == "continued" and link.state == "stopped":
+            link.state = "running"
+            link.command(cmd="state", state="running")
+        if link.child is not None and link.child.configured:
+            link.child.send(msg)
+
+    async def _record_stop(self, link: RankLink) -> None:
+        up = link.upstream
+        if up is None:
+            return
+        try:
+            resp = await asyncio.wait_for(up.request("stackTrace", {
+                "threadId": link.thread_id, "startFrame": 0, "levels": 1}), 5)
+        except (TimeoutError, ConnectionError):
+            return
+        frames = (resp.get("body") or {}).get("stackFrames") or []
+        if frames and link.state == "stopped":
+            src = (frames[0].get("source") or {}).get("path", "?")
+            link.where = f"{os.path.basename(src)}:{frames[0].get('line')}"
+            link.command(cmd="state", state=f"paused at {link.where}")
+
+    def pause_all(self, origin: RankLink | None) -> None:
+        """Pause every running rank except ``origin`` (a no-op for stopped or held ones)."""
+        now = time.monotonic()
+        for link in self.ranks.values():
+            if link is origin or link.state != "running" or link.held:
+                continue
+            if link.upstream is None or link.upstream.closed.is_set():
+                continue
+            link.state, link.pause_sent = "pausing", now
+            link.upstream.fire("pause", {"threadId": "*"})
+            asyncio.get_running_loop().call_later(BLOCKED_AFTER, self._check_blocked, link, now)
+
+    def _check_blocked(self, link: RankLink, sent: float) -> None:
+        if link.state == "pausing" and link.pause_sent == sent:
+            asyncio.create_task(self._report_blocked(link))
+
+    async def _report_blocked(self, link: RankLink) -> None:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        link.stack_waiters.append(fut)
+        link.command(cmd="stack")
+        try:
+            stack = await asyncio.wait_for(fut, 5)
+        except TimeoutError:
+            return
+        if link.state != "pausing":
+            return
+        link.state = "blocked"
+        link.blocked = str(stack.get("summary", "blocked"))
+        frames = stack.get("frames") or []
+        text = "".join(f"    {f.get('file')}:{f.get('line')} in {f.get('name')}\n"
+                       for f in frames[-8:])
+        note = (f"fi-dist: {link.label} is {link.blocked}; it stops as soon as the call "
+                f"returns to Python. Python stack (innermost last):\n{text}")
+        log.warning("%s", note.rstrip())
+        link.command(cmd="state", state=link.blocked)
+        for session in (link.child, self.root):
+            if session is not None:
+                session.event("output", {"category": "console", "output": note})
+
+    def continue_all(self, origin: RankLink | None) -> None:
+        """Continue every stopped rank and cancel pending pauses (except ``origin``)."""
+        for link in self.ranks.values():
+            if link is origin or link.state not in ("stopped", "pausing", "blocked"):
+                continue
+            if link.upstream is not None and not link.upstream.closed.is_set():
+                link.upstream.fire("continue", {"threadId": link.thread_id})
+            link.state, link.blocked = "running", None
+            link.command(cmd="state", state="running")
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*(s.serve_forever() for s in self._servers))
+
+
+def _parent_watch(parent: int) -> None:
+    # The hub lives as long as node 0's agent; PDEATHSIG is not portable, polling is.
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if os.getppid() != parent:
+                log.warning("fi-dist debug hub: node agent gone, exiting")
+                os._exit(0)
+
+    asyncio.create_task(watch())
+
+
+async def _amain(args: argparse.Namespace) -> None:
+    hub = Hub(token=os.environ[ev.FI_DIST_DEBUG_TOKEN], ide_host=args.host, ide_port=args.port,
+              rank_host=args.rank_host, rank_port=args.rank_port,
+              run_dir=Path(args.run_dir) if args.run_dir else None, cwd=Path.cwd())
+    await hub.start()
+    print(f"fi-dist-hub-ready {hub.ide_port} {hub.rank_port}", flush=True)
+    _parent_watch(os.getppid())
+    await hub.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fi_dist.runtime.debug.hub", description=__doc__)
+    p.add_argument("--host", default=os.environ.get(ev.FI_DIST_DEBUG_HOST, "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get(ev.FI_DIST_DEBUG_PORT, "5678")))
+    p.add_argument("--rank-host", default=os.environ.get(ev.FI_DIST_NODE_ADDR, "127.0.0.1"))
+    p.add_argument("--rank-port", type=int, default=None)
+    p.add_argument("--run-dir", default=os.environ.get(ev.FI_DIST_RUN_DIR))
+    args = p.parse_args(argv)
+    if args.rank_port is None:
+        raw = os.environ.get(ev.FI_DIST_DEBUG_RANK_PORT)
+        args.rank_port = int(raw) if raw else (args.port + 1 if args.port else 0)
+    if not os.environ.get(ev.FI_DIST_DEBUG_TOKEN):
+        print(f"fi-dist debug hub: {ev.FI_DIST_DEBUG_TOKEN} is not set", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="[debug hub] %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_amain(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

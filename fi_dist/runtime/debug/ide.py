@@ -1,0 +1,262 @@
+"""One IDE connection to the hub's port: the root session or one rank's child session.
+
+The hub answers ``initialize`` itself (debugpy's capabilities), then the ``attach``
+arguments decide the role:
+
+* no ``fiDistRank``: the **root** session. Its breakpoints and exception filters apply
+  to every rank; after ``configurationDone`` the hub opens one child per rank with the
+  ``startDebugging`` reverse request (or the ``debugpyAttach`` event for clients that
+  do not advertise ``supportsStartDebuggingRequest``), each config pointing back at
+  this same port with ``fiDistRank`` set. Closing the root resumes every rank.
+* ``fiDistRank: R``: a **child** session, a view onto rank R's debug session: requests
+  are forwarded, ``continue`` continues every rank, thread names carry ``rank R (node N)``.
+
+Every attach must carry the job's token (``fiDistToken``), compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fi_dist.runtime.debug.protocol import ProtocolError, encode, read_message
+
+if TYPE_CHECKING:
+    from fi_dist.runtime.debug.hub import Hub
+    from fi_dist.runtime.debug.upstream import RankLink
+
+log = logging.getLogger("fi_dist.debug.hub")
+
+CAPABILITIES: dict[str, Any] = {
+    "supportsCompletionsRequest": True, "supportsConditionalBreakpoints": True,
+    "supportsConfigurationDoneRequest": True, "supportsDebuggerProperties": True,
+    "supportsDelayedStackTraceLoading": True, "supportsEvaluateForHovers": True,
+    "supportsExceptionInfoRequest": True, "supportsExceptionOptions": True,
+    "supportsFunctionBreakpoints": True, "supportsHitConditionalBreakpoints": True,
+    "supportsLogPoints": True, "supportsModulesRequest": True, "supportsSetExpression": True,
+    "supportsSetVariable": True, "supportsValueFormattingOptions": True,
+    "supportsTerminateDebuggee": True, "supportsTerminateRequest": True,
+    "supportsGotoTargetsRequest": True, "supportsClipboardContext": True,
+    "supportsStepInTargetsRequest": True,
+    "exceptionBreakpointFilters": [
+        {"filter": "raised", "label": "Raised Exceptions", "default": False},
+        {"filter": "uncaught", "label": "Uncaught Exceptions", "default": True},
+        {"filter": "userUnhandled", "label": "User Uncaught Exceptions", "default": False},
+    ],
+}
+"""What debugpy's adapter answers to ``initialize`` (the IDE sees the same adapter)."""
+
+CONFIG_COMMANDS = ("setBreakpoints", "setExceptionBreakpoints", "setFunctionBreakpoints")
+HUB_KEYS = ("fiDistToken", "fiDistRank", "connect", "host", "port", "name", "type", "request",
+            "__sessionId", "__configurationTarget", "preLaunchTask", "postDebugTask")
+"""Attach arguments that address the hub, not the rank's adapter."""
+
+
+class IdeSession:
+    """One IDE-side DAP connection."""
+
+    def __init__(self, hub: Hub, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                 ) -> None:
+        self.hub = hub
+        self.reader = reader
+        self.writer = writer
+        self.peer = writer.get_extra_info("peername")
+        self.init_args: dict[str, Any] = {}
+        self.attach_req: dict[str, Any] | None = None
+        self.role: str | None = None
+        self.link: RankLink | None = None
+        self.configured = False
+        self._seq = itertools.count(1)
+
+    # --- output ---------------------------------------------------------------------
+    def send(self, msg: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode({**msg, "seq": next(self._seq)}))
+
+    def respond(self, req: dict[str, Any], body: dict[str, Any] | None = None,
+                error: str | None = None) -> None:
+        msg: dict[str, Any] = {"type": "response", "request_seq": req.get("seq", 0),
+                               "command": req.get("command"), "success": error is None}
+        if error is not None:
+            msg["message"] = error
+            msg["body"] = {"error": {"id": 1, "format": error}}
+        elif body is not None:
+            msg["body"] = body
+        self.send(msg)
+
+    def event(self, name: str, body: dict[str, Any] | None = None) -> None:
+        msg: dict[str, Any] = {"type": "event", "event": name}
+        if body is not None:
+            msg["body"] = body
+        self.send(msg)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    # --- input ----------------------------------------------------------------------
+    async def serve(self) -> None:
+        try:
+            while (msg := await read_message(self.reader)) is not None:
+                if msg["type"] == "request":
+                    await self._request(msg)
+                # Responses to our reverse requests and client events need nothing.
+        except ProtocolError as exc:
+            log.warning("IDE connection %s: closing, bad message: %s", self.peer, exc)
+        except (ConnectionError, OSError) as exc:
+            log.info("IDE connection %s lost: %s", self.peer, exc)
+        finally:
+            self.writer.close()
+            await self.hub.ide_closed(self)
+
+    async def _request(self, req: dict[str, Any]) -> None:
+        cmd = req["command"]
+        args = req.get("arguments") or {}
+        if cmd == "initialize":
+            self.init_args = args
+            self.respond(req, CAPABILITIES)
+        elif cmd in ("attach", "launch"):
+            await self._attach(req, args)
+        elif self.role is None:
+            self.respond(req, error=f"{cmd!r} before an authenticated attach")
+        elif self.role == "root":
+            await self._root_request(req, cmd, args)
+        else:
+            await self._child_request(req, cmd, args)
+
+    async def _attach(self, req: dict[str, Any], args: dict[str, Any]) -> None:
+        if self.role is not None:
+            self.respond(req, error="this session is already attached")
+            return
+        token = args.get("fiDistToken")
+        if req["command"] != "attach" or not isinstance(token, str) or not hmac.compare_digest(
+                token.encode(), self.hub.token.encode()):
+            log.warning("IDE connection %s: attach refused (missing or wrong fiDistToken)",
+                        self.peer)
+            self.respond(req, error="fi-dist hub: attach refused: the arguments lack this job's "
+                         "fiDistToken (use the 'fi-dist: attach all ranks' configuration from "
+                         ".vscode/launch.json or `fi-dist attach --print`)")
+            await self.writer.drain()
+            self.close()
+            return
+        rank = args.get("fiDistRank")
+        if rank is None:
+            if self.hub.root is not None:
+                self.respond(req, error="another client is already attached to this job")
+                return
+            self.role = "root"
+            self.hub.root = self
+        else:
+            link = self.hub.ranks.get(rank) if isinstance(rank, int) else None
+            if link is None or link.state == "exited":
+                self.respond(req, error=f"rank {rank!r} is not connected to the hub")
+                return
+            try:
+                await self.hub.ensure_upstream(link, args)
+            except (TimeoutError, ConnectionError, OSError) as exc:
+                self.respond(req, error=f"{link.label}: cannot open its debug session: {exc}")
+                return
+            if link.child is not None and link.child is not self:
+                link.child.close()
+            self.role, self.link, link.child = "child", link, self
+        self.attach_req = req
+        self.event("initialized")
+
+    # --- root -------------------------------------------------------------------------
+    async def _root_request(self, req: dict[str, Any], cmd: str, args: dict[str, Any]) -> None:
+        hub = self.hub
+        if cmd == "setBreakpoints":
+            path = (args.get("source") or {}).get("path") or ""
+            hub.breakpoints[path] = args
+            hub.broadcast("setBreakpoints", args)
+            self.respond(req, {"breakpoints": [{"verified": True, "line": b.get("line")}
+                                               for b in args.get("breakpoints") or []]})
+        elif cmd == "setExceptionBreakpoints":
+            hub.exception_filters = args
+            hub.broadcast(cmd, args)
+            self.respond(req, {})
+        elif cmd == "setFunctionBreakpoints":
+            hub.broadcast(cmd, args)
+            self.respond(req, {"breakpoints": [{"verified": True}
+                                               for _ in args.get("breakpoints") or []]})
+        elif cmd == "configurationDone":
+            self.respond(req)
+            if self.attach_req is not None:
+                self.respond(self.attach_req)
+                self.configured = True
+                await hub.root_configured(self)
+        elif cmd == "threads":
+            self.respond(req, {"threads": []})
+        elif cmd == "pause":
+            hub.pause_all(None)
+            self.respond(req)
+        elif cmd == "continue":
+            hub.continue_all(None)
+            self.respond(req, {"allThreadsContinued": True})
+        elif cmd in ("disconnect", "terminate"):
+            self.respond(req)
+            await self.writer.drain()
+            self.close()
+        else:
+            self.respond(req, error=f"{cmd!r} needs a rank: use the 'rank R (node N)' sessions")
+
+    def child_config(self, link: RankLink) -> dict[str, Any]:
+        """The attach config of rank ``link``'s child session (points back at this port)."""
+        base = {k: v for k, v in (self.attach_req or {}).get("arguments", {}).items()
+                if k not in ("__sessionId",)}
+        base.update({"type": "debugpy", "request": "attach", "name": link.label,
+                     "connect": {"host": self.hub.ide_host, "port": self.hub.ide_port},
+                     "fiDistToken": self.hub.token, "fiDistRank": link.rank})
+        return base
+
+    def announce(self, link: RankLink) -> None:
+        """Ask the IDE to open rank ``link``'s child session."""
+        config = self.child_config(link)
+        if self.init_args.get("supportsStartDebuggingRequest"):
+            self.send({"type": "request", "command": "startDebugging",
+                       "arguments": {"request": "attach", "configuration": config}})
+        else:
+            self.event("debugpyAttach", config)
+
+    # --- child ------------------------------------------------------------------------
+    async def _child_request(self, req: dict[str, Any], cmd: str, args: dict[str, Any]) -> None:
+        link = self.link
+        assert link is not None
+        up = link.upstream
+        self.hub.activity(link)
+        if cmd == "configurationDone":
+            self.respond(req)
+            if self.attach_req is not None:
+                self.respond(self.attach_req)
+                self.configured = True
+                self.event("process", {"name": link.label, "systemProcessId": link.pid,
+                                       "isLocalProcess": False, "startMethod": "attach"})
+                if link.state in ("stopped",) and link.stopped_event is not None:
+                    self.send(link.stopped_event)
+            return
+        if cmd in ("disconnect", "terminate"):
+            # The hub owns the rank's session; a child leaving only closes its view.
+            self.respond(req)
+            await self.writer.drain()
+            self.close()
+            return
+        if up is None or up.closed.is_set():
+            self.respond(req, error=f"{link.label} has no live debug session ({link.state})")
+            return
+        sink = self._threads_sink if cmd == "threads" else self.send
+        try:
+            up.forward(req, sink)
+        except ConnectionError as exc:
+            self.respond(req, error=str(exc))
+            return
+        if cmd == "continue":
+            self.hub.continue_all(link)
+
+    def _threads_sink(self, msg: dict[str, Any]) -> None:
+        label = self.link.label if self.link else "?"
+        for t in (msg.get("body") or {}).get("threads") or []:
+            if isinstance(t, dict) and not str(t.get("name", "")).startswith("rank "):
+                t["name"] = f"{label}: {t.get('name', '')}"
+        self.send(msg)

@@ -1,0 +1,66 @@
+"""What ``rank_main`` does for the debugger: setup before the script, post-mortem after.
+
+Kept apart from ``rank_main`` so a job without ``--debug`` never imports debugpy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from fi_dist import env_vars as ev
+from fi_dist.runtime import heartbeat
+from fi_dist.runtime.debug import agent, timeouts
+from fi_dist.runtime.environment import RankEnvironment
+
+log = logging.getLogger("fi_dist.debug")
+
+
+def enabled() -> bool:
+    """True when the launcher asked for the debug hub (``FI_DIST_DEBUG=1``)."""
+    return os.environ.get(ev.FI_DIST_DEBUG) == "1"
+
+
+def setup(env: RankEnvironment) -> None:
+    """debugpy on loopback, the hub agent, long timeouts; wait for a client if asked."""
+    # Python 3.11's frozen stdlib makes pydevd print a 4-line warning per rank.
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    timeouts.apply()
+    agent.start(env)
+    if os.environ.get(ev.FI_DIST_WAIT_FOR_CLIENT) == "1":
+        agent.wait_for_client()
+
+
+def post_mortem_wait() -> float:
+    raw = os.environ.get(ev.FI_DIST_POST_MORTEM_WAIT)
+    try:
+        return max(0.0, float(raw)) if raw else 0.0
+    except ValueError:
+        return 0.0
+
+
+def post_mortem(exc: BaseException) -> None:
+    """Stop this rank at the raising frame (the hub then pauses the others).
+
+    Waits up to ``FI_DIST_POST_MORTEM_WAIT`` seconds for a client when none is attached;
+    without one the caller fails the job as usual (the error file names the root cause).
+    """
+    import debugpy
+
+    wait = post_mortem_wait()
+    rank_agent = agent.current()
+    label = rank_agent.env.label() if rank_agent else "this rank"
+    if not debugpy.is_client_connected() and wait > 0:
+        print(f"fi-dist: {label} raised {type(exc).__name__}: {exc}; waiting {wait:g}s for a "
+              "debugger client (post-mortem)", file=sys.stderr, flush=True)
+        heartbeat.current().state(f"post-mortem: {type(exc).__name__}, waiting for a client")
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not debugpy.is_client_connected():
+            time.sleep(0.1)
+    if not debugpy.is_client_connected():
+        return
+    heartbeat.current().state(f"post-mortem: {type(exc).__name__}")
+    # pydevd treats the exception as uncaught and stops at the frame that raised it.
+    debugpy.trigger_exception_handler(exc, as_uncaught=True)
