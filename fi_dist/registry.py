@@ -14,6 +14,10 @@ from fi_dist.launcher import Launcher
 # name -> module under fi_dist.launchers exporting ``create_launcher()``.
 _BACKENDS: dict[str, str] = {
     "local": "local",
+    "pytorchjob": "pytorchjob",
+    "ray": "ray",
+    "rayjob": "rayjob",
+    "trainjob": "trainjob",
 }
 
 

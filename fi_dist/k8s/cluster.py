@@ -1,0 +1,138 @@
+"""Talk to a Kubernetes cluster through the official client: create, read, logs, delete.
+
+Imported only when a job is sent to or read from a cluster. Custom objects go
+through ``CustomObjectsApi`` as plain dicts (what was validated is what is sent).
+Before creating, the object is validated against the CRD *the cluster serves*
+(``apiextensions.k8s.io``), falling back to the local CRD directory when reading the
+CRD is forbidden.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fi_dist.errors import LauncherError
+
+log = logging.getLogger("fi_dist.k8s")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a custom resource lives in the API."""
+
+    group: str
+    version: str
+    plural: str
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{self.group}"
+
+
+RESOURCES = {
+    "PyTorchJob": Resource("kubeflow.org", "v1", "pytorchjobs"),
+    "RayJob": Resource("ray.io", "v1", "rayjobs"),
+    "TrainJob": Resource("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
+}
+
+
+def api_client(context: str | None = None) -> Any:
+    """An ApiClient from the kubeconfig (or in-cluster config).
+
+    Raises:
+        LauncherError: no kubeconfig and not inside a pod (names what was tried).
+    """
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        return config.new_client_from_config(context=context)
+    except (ConfigException, FileNotFoundError) as first:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except ConfigException:
+            raise LauncherError(
+                f"no Kubernetes cluster configured: {str(first).rstrip('.')}. Point KUBECONFIG at a "
+                "kubeconfig (or ~/.kube/config), or run inside a pod; `--dry-run` needs "
+                "neither") from None
+
+
+def split_job_id(job_id: str, default_namespace: str = "default") -> tuple[str, str]:
+    """``NAMESPACE:NAME`` or ``NAME`` -> (namespace, name)."""
+    ns, sep, name = job_id.partition(":")
+    return (ns, name) if sep else (default_namespace, job_id)
+
+
+class Cluster:
+    """The handful of API calls the Kubernetes launchers make."""
+
+    def __init__(self, api: Any | None = None) -> None:
+        from kubernetes import client
+
+        self.api = api or api_client()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.ext = client.ApiextensionsV1Api(self.api)
+
+    def served_crd(self, kind: str) -> dict[str, Any] | None:
+        """The CRD as the cluster serves it, camelCase; None if it may not be read."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = self.ext.read_custom_resource_definition(RESOURCES[kind].crd_name,
+                                                            _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise LauncherError(f"the cluster has no {RESOURCES[kind].crd_name} CRD: is "
+                                    f"the operator for {kind} installed?") from None
+            log.warning("cannot read CRD %s (%s); validating against local CRDs",
+                        RESOURCES[kind].crd_name, exc.reason)
+            return None
+        return json.loads(resp.data)
+
+    def create(self, documents: list[dict[str, Any]]) -> None:
+        """Validate each custom object against the served CRD, then create everything."""
+        from fi_dist.k8s.validation import validate
+
+        for doc in documents:
+            if doc["kind"] in RESOURCES:
+                validate(doc, crd=self.served_crd(doc["kind"]))
+        for doc in documents:
+            ns = doc["metadata"]["namespace"]
+            if doc["kind"] == "Secret":
+                self.core.create_namespaced_secret(ns, doc)
+            else:
+                r = RESOURCES[doc["kind"]]
+                self.custom.create_namespaced_custom_object(r.group, r.version, ns, r.plural, doc)
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        r = RESOURCES[kind]
+        return self.custom.get_namespaced_custom_object(r.group, r.version, namespace,
+                                                        r.plural, name)
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        from kubernetes import client
+
+        r = RESOURCES[kind]
+        self.custom.delete_namespaced_custom_object(
+            r.group, r.version, namespace, r.plural, name,
+            body=client.V1DeleteOptions(propagation_policy="Foreground"))
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.delete_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def pods(self, namespace: str, selector: str) -> list[Any]:
+        return self.core.list_namespaced_pod(namespace, label_selector=selector).items
+
+    def pod_log(self, namespace: str, pod: str, container: str) -> str:
+        return self.core.read_namespaced_pod_log(pod, namespace, container=container)

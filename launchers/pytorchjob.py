@@ -1,0 +1,143 @@
+"""Kubeflow PyTorchJob launcher: dry-run, submit, status, logs, cancel, attach.
+
+``dryrun`` builds and validates the objects (a Secret with the hub token when
+debugging, then the PyTorchJob) without touching a network; everything else goes
+through the kubernetes client (:mod:`fi_dist.k8s.cluster`), imported only then.
+Job ids are ``NAMESPACE:NAME``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from fi_dist.errors import LauncherError
+from fi_dist.k8s import pytorchjob as manifest
+from fi_dist.k8s.validation import validate
+from fi_dist.launcher import DryRun, JobState, JobStatus, Launcher
+from fi_dist.spec import JobSpec
+
+ATTACH_CONFIG_NAME = "fi-dist: attach all ranks"
+
+# The operator's last condition -> our state.
+_CONDITIONS = {"Created": JobState.PENDING, "Running": JobState.RUNNING,
+               "Restarting": JobState.RUNNING, "Succeeded": JobState.SUCCEEDED,
+               "Failed": JobState.FAILED, "Suspended": JobState.PENDING}
+
+
+def job_state(obj: dict[str, Any]) -> tuple[JobState, str]:
+    """(state, message) from a PyTorchJob's ``status.conditions``."""
+    conditions = [c for c in (obj.get("status") or {}).get("conditions") or []
+                  if c.get("status") == "True"]
+    if not conditions:
+        return JobState.PENDING, "no conditions yet"
+    last = conditions[-1]
+    return _CONDITIONS.get(last.get("type"), JobState.UNKNOWN), last.get("message", "")
+
+
+def attach_config(host: str, port: int, token: str) -> dict[str, Any]:
+    """The VS Code launch configuration that attaches to the hub (all ranks)."""
+    return {"name": ATTACH_CONFIG_NAME, "type": "debugpy", "request": "attach",
+            "connect": {"host": host, "port": port}, "fiDistToken": token,
+            "justMyCode": False}
+
+
+def write_launch_json(config: dict[str, Any], path: Path) -> None:
+    """Add or replace ``config`` (by name) in a VS Code ``launch.json``."""
+    data: dict[str, Any] = {"version": "0.2.0", "configurations": []}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise LauncherError(f"{path} is not plain JSON ({exc}); add the configuration "
+                                "printed above by hand") from None
+    configs = [c for c in data.get("configurations", []) if c.get("name") != config["name"]]
+    data["configurations"] = [*configs, config]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+class PyTorchJobLauncher(Launcher):
+    name = "pytorchjob"
+
+    def __init__(self, cluster: Any | None = None) -> None:
+        self._cluster = cluster
+
+    @property
+    def cluster(self) -> Any:
+        if self._cluster is None:
+            from fi_dist.k8s.cluster import Cluster
+
+            self._cluster = Cluster()
+        return self._cluster
+
+    def dryrun(self, spec: JobSpec) -> DryRun:
+        docs = manifest.documents(spec)
+        for doc in docs:
+            if doc["kind"] == manifest.KIND:
+                validate(doc)
+        return DryRun(self.name, spec, docs, docs)
+
+    def schedule(self, dryrun: DryRun) -> str:
+        self.cluster.create(dryrun.request)
+        return f"{dryrun.spec.namespace}:{dryrun.spec.name}"
+
+    def _job(self, job_id: str) -> tuple[str, str, dict[str, Any]]:
+        from fi_dist.k8s.cluster import split_job_id
+
+        ns, name = split_job_id(job_id)
+        return ns, name, self.cluster.get(manifest.KIND, ns, name)
+
+    def status(self, job_id: str) -> JobStatus:
+        ns, name, obj = self._job(job_id)
+        state, message = job_state(obj)
+        return JobStatus(f"{ns}:{name}", state, message)
+
+    def logs(self, job_id: str, rank: int | None = None) -> Iterable[str]:
+        """Log lines of the job's pods; with ``rank``, only that rank's ``[nodeK rankR]`` lines."""
+        ns, name, obj = self._job(job_id)
+        nproc = int(obj["spec"].get("nprocPerNode", "1"))
+        pods = sorted(self.cluster.pods(ns, f"training.kubeflow.org/job-name={name}"),
+                      key=lambda p: p.metadata.name)
+        if rank is not None:
+            node = rank // nproc
+            want = f"{name}-master-0" if node == 0 else f"{name}-worker-{node - 1}"
+            pods = [p for p in pods if p.metadata.name == want]
+            if not pods:
+                raise LauncherError(f"rank {rank} runs in pod {want}, which does not exist")
+        for pod in pods:
+            text = self.cluster.pod_log(ns, pod.metadata.name, "pytorch")
+            for line in text.splitlines():
+                if rank is None or f" rank{rank}]" in line:
+                    yield f"{pod.metadata.name}: {line}" if rank is None else line
+
+    def cancel(self, job_id: str) -> None:
+        ns, name, _ = self._job(job_id)
+        self.cluster.delete(manifest.KIND, ns, name)
+        self.cluster.delete_secret(ns, f"{name}-fi-dist-debug")
+
+    def hub_token(self, namespace: str, name: str) -> str:
+        secret = self.cluster.core.read_namespaced_secret(f"{name}-fi-dist-debug", namespace)
+        return base64.b64decode(secret.data[manifest.TOKEN_KEY]).decode()
+
+    def attach(self, job_id: str, local_port: int = 0) -> tuple[Any, dict[str, Any]]:
+        """Port-forward to the Master pod's hub; returns (forwarder, launch config)."""
+        from fi_dist.k8s.portforward import PortForward
+
+        ns, name, obj = self._job(job_id)
+        master = obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        ports = {p["name"]: p["containerPort"] for c in master["containers"]
+                 for p in c.get("ports", [])}
+        if manifest.HUB_PORT_NAME not in ports:
+            raise LauncherError(f"{job_id} was not started with debugging on (no "
+                                f"{manifest.HUB_PORT_NAME} port on its Master)")
+        fwd = PortForward(self.cluster.core, ns, f"{name}-master-0",
+                          ports[manifest.HUB_PORT_NAME], local_port).start()
+        return fwd, attach_config("127.0.0.1", fwd.local_port, self.hub_token(ns, name))
+
+
+def create_launcher() -> PyTorchJobLauncher:
+    return PyTorchJobLauncher()
