@@ -8,6 +8,8 @@ ended; a rank spinning without steps is reported hung.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fi_dist import procs, rundir
+from fi_dist import cli, procs, rundir
 from fi_dist.runtime.idle import IDLE_EXIT_CODE
 
 pytestmark = pytest.mark.timeout(120)
@@ -117,9 +119,12 @@ def finish(proc: subprocess.Popen[str], workdir: Path, timeout: float = 90) -> s
 
 
 def status(workdir: Path) -> dict:
-    p = subprocess.run([sys.executable, "-m", "fi_dist.cli", "status", "--json"], cwd=workdir,
-                       capture_output=True, text=True, timeout=30)
-    return json.loads(p.stdout) if p.returncode == 0 else {}
+    """`fi-dist status --json`, in this process (a fresh interpreter per poll is too slow
+    on a crowded machine to catch a one-second phase)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = cli.main(["status", "--json"])
+    return json.loads(out.getvalue()) if code == 0 else {}
 
 
 def test_forgotten_session_is_warned_checkpointed_and_ended(workdir, webhook):
@@ -128,7 +133,7 @@ def test_forgotten_session_is_warned_checkpointed_and_ended(workdir, webhook):
     while proc.poll() is None:
         for row in status(workdir).get("ranks", []):
             phases.add(row.get("idle", ""))
-        time.sleep(0.4)
+        time.sleep(0.1)
     out = finish(proc, workdir)
     assert proc.returncode == IDLE_EXIT_CODE, out[-3000:]
     assert "root cause (first failure): node " in out and "ended by the idle culler" in out

