@@ -63,10 +63,28 @@ def _add_debug_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_attach(sub: argparse._SubParsersAction) -> None:
+    from fi_dist.job_commands import add_job_arguments
+
     p = sub.add_parser("attach", help="the IDE attach configuration of the newest --debug job")
     p.add_argument("--print", action="store_true", dest="print_config",
                    help="print the 'fi-dist: attach all ranks' configuration as JSON")
+    # With JOB: a cluster job; port-forward to its Master pod's hub (docs/launchers.md).
+    add_job_arguments(p, required=False)
+    p.add_argument("--local-port", type=int, default=0,
+                   help="local port of the forward to the hub (default: a free one)")
     p.set_defaults(func=cmd_attach)
+
+
+def _add_job_commands(sub: argparse._SubParsersAction) -> None:
+    from fi_dist.job_commands import add_job_arguments, cmd_cancel, cmd_logs
+
+    p = sub.add_parser("logs", help="log lines of a cluster or Ray job (per rank)")
+    add_job_arguments(p)
+    p.add_argument("--rank", type=int, default=None, help="only this rank's lines")
+    p.set_defaults(func=cmd_logs)
+    p = sub.add_parser("cancel", help="cancel a cluster job")
+    add_job_arguments(p)
+    p.set_defaults(func=cmd_cancel)
 
 
 # `run` flags that map onto DebugSpec fields; any of them turns debugging on.
@@ -112,6 +130,9 @@ def _add_preempt(sub: argparse._SubParsersAction) -> None:
 def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show every rank of the newest local job")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    from fi_dist.job_commands import add_job_arguments
+
+    add_job_arguments(p, required=False)  # with JOB: a cluster/Ray job's state
     p.set_defaults(func=cmd_status)
 
 
@@ -122,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preempt(sub)
     _add_status(sub)
     _add_attach(sub)
+    _add_job_commands(sub)
     return parser
 
 
@@ -170,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(dry.to_yaml())
         return 0
-    if spec.launcher == "local":
+    if spec.launcher in ("local", "ray"):  # both supervise the job to its end
         return launcher.run(dry).exitcode  # type: ignore[attr-defined]
     job_id = launcher.schedule(dry)
     print(f"submitted {job_id}")
@@ -202,6 +224,10 @@ def _rank_state(info: dict, now: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.job:
+        from fi_dist.job_commands import cmd_job_status
+
+        return cmd_job_status(args)
     run = rundir.current_run(require_alive=False)
     info = run.read_run()
     ranks = run.ranks()
@@ -228,6 +254,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
+    if args.job:
+        from fi_dist.job_commands import cmd_remote_attach
+
+        return cmd_remote_attach(args)
     from fi_dist.runtime.debug.launchjson import read_config
 
     run = rundir.current_run(require_alive=False)

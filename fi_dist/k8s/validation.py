@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fi_dist.errors import ConfigError
+
+log = logging.getLogger("fi_dist.k8s")
 
 CRDS_DIR_ENV = "FI_DIST_CRDS_DIR"
 """Directory of CRD YAML files to validate against (client-side setting, not a job var)."""
@@ -160,13 +163,18 @@ def _close(name: str, known: list[str]) -> str | None:
 
 
 def validate(obj: dict[str, Any], crds_dir: Path | None = None,
-             crd: dict[str, Any] | None = None) -> None:
+             crd: dict[str, Any] | None = None, require_schema: bool = True) -> bool:
     """Check ``obj`` against its CRD schema and the operator's own rules.
 
     Args:
         obj: a custom object (apiVersion/kind/metadata/spec) as plain data.
         crds_dir: where the CRD files are (default :func:`default_crds_dir`).
         crd: the CRD itself (e.g. read from the cluster); overrides ``crds_dir``.
+        require_schema: when False and no CRD is at hand, check the operator rules
+            only (a dry-run on a machine without the CRD files) instead of failing.
+
+    Returns:
+        True when the schema was checked too, False when only the rules were.
 
     Raises:
         ManifestError: listing every violation, each naming its field.
@@ -177,9 +185,15 @@ def validate(obj: dict[str, Any], crds_dir: Path | None = None,
     if kind not in CRD_FILES:
         raise ManifestError(f"kind: no CRD known for {kind!r}; known: {', '.join(CRD_FILES)}")
     version = str(obj.get("apiVersion", "")).rpartition("/")[2]
-    crd = crd if crd is not None else load_crd(kind, crds_dir)
-    errors = schema_errors(obj, crd_schema(crd, version))
+    errors: list[str] = []
+    if crd is None and not require_schema and (crds_dir or default_crds_dir()) is None:
+        log.warning("%s: no CRD files (set %s); checked the operator rules only", kind,
+                    CRDS_DIR_ENV)
+    else:
+        crd = crd if crd is not None else load_crd(kind, crds_dir)
+        errors = schema_errors(obj, crd_schema(crd, version))
     errors.extend(rules.check(obj))
     if errors:
         name = obj.get("metadata", {}).get("name", "?")
         raise ManifestError(f"{kind} {name!r} is invalid:\n  " + "\n  ".join(errors))
+    return crd is not None
