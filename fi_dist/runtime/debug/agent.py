@@ -84,6 +84,7 @@ class RankAgent:
         self._send_lock = threading.Lock()
         self._chan: SyncChannel | None = None
         self._stop = False
+        self._on_resume: list[Any] = []
 
     # --- control connection -------------------------------------------------------
     def _hello(self, kind: str, **extra: Any) -> dict[str, Any]:
@@ -141,8 +142,21 @@ class RankAgent:
             heartbeat.current().state(str(cmd.get("state")), **extra)
         elif name == "activity":
             heartbeat.current().debug_activity()
+        elif name == "resumed":
+            with self._send_lock:
+                callbacks, self._on_resume = self._on_resume, []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception as exc:  # a store gone with the job: nothing to release
+                    log.warning("%s: resume callback failed: %s", self.env.label(), exc)
         else:
             log.warning("%s: unknown hub command %r", self.env.label(), name)
+
+    def on_resume(self, callback: Any) -> None:
+        """Run ``callback`` when the client continues this rank (not on a step)."""
+        with self._send_lock:
+            self._on_resume.append(callback)
 
     def send(self, obj: dict[str, Any]) -> bool:
         """Send an event line to the hub; False when not connected."""

@@ -139,11 +139,8 @@ class Hub:
             link.stack_waiters.clear()
         elif event == "hold":
             link.held = True
-            link.state = "held"
         elif event == "release":
             link.held = False
-            if link.state == "held":
-                link.state = "running"
 
     def _rank_gone(self, link: RankLink) -> None:
         was = link.state
@@ -250,6 +247,7 @@ class Hub:
             if link.state in ("stopped", "pausing", "blocked"):
                 link.state = "running"
                 link.command(cmd="state", state="running")
+            link.command(cmd="resumed")
         await asyncio.gather(*closing, return_exceptions=True)
 
     def activity(self, link: RankLink) -> None:
@@ -265,6 +263,7 @@ class Hub:
         if name == "stopped":
             first = link.state not in ("pausing", "blocked")
             link.state, link.stopped_event, link.blocked = "stopped", msg, None
+            link.held = False  # a rank held on its way to fi_dist.breakpoint() got there
             if first:
                 self.pause_all(link)
             asyncio.create_task(self._record_stop(link))
@@ -331,6 +330,7 @@ class Hub:
     def continue_all(self, origin: RankLink | None) -> None:
         """Continue every stopped rank and cancel pending pauses (except ``origin``)."""
         for link in self.ranks.values():
+            link.command(cmd="resumed")  # releases ranks waiting in fi_dist.breakpoint(rank=k)
             if link is origin or link.state not in ("stopped", "pausing", "blocked"):
                 continue
             if link.upstream is not None and not link.upstream.closed.is_set():

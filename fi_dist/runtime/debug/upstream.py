@@ -10,7 +10,8 @@ Rank states (``RankLink.state``)::
     running --stopped event--> stopped --continue--> running
     running --hub pause-----> pausing --stopped--> stopped
     pausing --no stop in 0.3 s--> blocked (native code / collective; pause stays pending)
-    running <--hold/release--> held (waiting in fi_dist.breakpoint(rank=k); never paused)
+    held flag (hold/release events, or its own stop): on its way to or waiting in
+    fi_dist.breakpoint(); the hub never pauses it
     any --control link closed--> exited
 """
 

@@ -1,0 +1,254 @@
+"""Helpers for the debug hub's tests: a training job to debug and a running ``--debug`` job.
+
+The DAP client itself is :mod:`fi_dist.runtime.debug.client` (the benchmarks use it
+too); this module adds the job script and the process handling the tests share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fi_dist import procs
+
+JOB_SCRIPT = '''\
+"""Deterministic gloo job; JOB_MODE picks what happens at step 2."""
+import hashlib, os, time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+import fi_dist
+
+
+def spin(seconds):
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+def explode(rank):
+    local_marker = rank * 7
+    raise ValueError(f"boom on rank {rank}")  # RAISE-LINE
+
+
+def main():
+    mode = os.environ.get("JOB_MODE", "none")
+    timeout = timedelta(seconds=float(os.environ.get("JOB_TIMEOUT", "120")))
+    dist.init_process_group("gloo", timeout=timeout)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x = torch.arange(4, dtype=torch.float64) + rank
+    for step in range(5):
+        dist.all_reduce(x)
+        x = x / world + step
+        if step == 2 and mode == "break":
+            if rank == world - 1:
+                last_rank_only = step * 10  # LAST-RANK-LINE
+            else:
+                spin(float(os.environ.get("JOB_HOLD", "20")))  # OTHERS-SPIN-LINE
+        elif step == 2 and mode == "rank_bp":
+            fi_dist.breakpoint(rank=int(os.environ.get("JOB_BP_RANK", "1")))  # RANK-BP-LINE
+            after_breakpoint = step
+        elif step == 2 and mode == "raise" and rank == int(os.environ.get("JOB_RAISE_RANK", "1")):
+            explode(rank)
+    dist.barrier()
+    if rank == 0:
+        digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
+        print(f"final checksum: {digest}", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def write_job(directory: Path) -> Path:
+    path = directory / "debug_job.py"
+    path.write_text(JOB_SCRIPT)
+    return path
+
+
+def marker_line(script: Path, marker: str) -> int:
+    for n, text in enumerate(script.read_text().splitlines(), 1):
+        if marker in text:
+            return n
+    raise AssertionError(f"{marker} not in {script}")
+
+
+def checksum(output: str) -> str:
+    found = re.findall(r"final checksum: ([0-9a-f]+)", output)
+    assert found, f"no checksum in the job output:\n{output[-3000:]}"
+    return found[-1]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fi_dist.cli", *args]
+
+
+class DebugJob:
+    """``fi-dist run --debug`` in the background; ``config`` is launch.json's entry."""
+
+    def __init__(self, workdir: Path, nnodes: int, nproc: int, env: dict[str, str],
+                 extra: tuple[str, ...] = ()) -> None:
+        self.workdir = workdir
+        self.script = write_job(workdir)
+        self.log = workdir / "job.log"
+        argv = cli("run", "--plain", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
+                   "--master-port", "0", "--debug", "--debug-port", "0", *extra,
+                   str(self.script))
+        self.proc = subprocess.Popen(argv, cwd=workdir, env={**os.environ, **env},
+                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        self.config = self._wait_config()
+
+    def _wait_config(self, timeout: float = 120) -> dict[str, Any]:
+        path = self.workdir / ".vscode" / "launch.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                data = json.loads(path.read_text())
+                return next(c for c in data["configurations"]
+                            if c["name"] == "fi-dist: attach all ranks")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"job ended before the hub was up:\n{self.output()}")
+            time.sleep(0.2)
+        raise AssertionError(f"no launch.json after {timeout}s:\n{self.output()}")
+
+    def run_dir(self) -> Path:
+        run_id = (self.workdir / ".fi-dist" / "current").read_text().strip()
+        return self.workdir / ".fi-dist" / "runs" / run_id
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run(cli("status", "--json"), cwd=self.workdir, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def rank_states(self) -> dict[int, str]:
+        return {row["rank"]: row["state"] for row in self.status()["ranks"]}
+
+    def wait_states(self, pred: Any, timeout: float = 30) -> dict[int, str]:
+        deadline = time.monotonic() + timeout
+        states: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            states = self.rank_states()
+            if pred(states):
+                return states
+            time.sleep(0.3)
+        raise AssertionError(f"rank states never matched: {states}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait(self, timeout: float = 180) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                procs.terminate(self.run_dir().name, grace=3.0)
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+LIGHT_RANK = '''\
+"""A light debuggee: one rank's debug runtime (debugpy + hub agent) without torch work."""
+import time
+
+from fi_dist.runtime.debug import agent
+from fi_dist.runtime.environment import RankEnvironment
+
+agent.start(RankEnvironment.from_env())
+
+
+def work(i):
+    x = i * 2  # LIGHT-WORK-LINE
+    return x
+
+
+i = 0
+while True:
+    i = work(i) % 1000 + 1
+    time.sleep(0.001)
+'''
+
+
+def light_rank_env(rank: int, world: int, per_node: int, rank_port: int,
+                   token: str) -> dict[str, str]:
+    """The env torchrun would give rank ``rank``, plus the hub's address and token."""
+    return {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank % per_node), "LOCAL_WORLD_SIZE": str(per_node),
+            "GROUP_RANK": str(rank // per_node), "TORCHELASTIC_RUN_ID": "light",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+            "FI_DIST_DEBUG": "1", "FI_DIST_DEBUG_RANK_PORT": str(rank_port),
+            "FI_DIST_DEBUG_TOKEN": token, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+
+
+class StandaloneHub:
+    """``python -m fi_dist.runtime.debug.hub`` on free loopback ports, plus light ranks."""
+
+    def __init__(self, workdir: Path, token: str = "t" * 32) -> None:
+        self.workdir = workdir
+        self.token = token
+        env = {**os.environ, "FI_DIST_DEBUG_TOKEN": token}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fi_dist.runtime.debug.hub", "--host", "127.0.0.1",
+             "--port", "0", "--rank-host", "127.0.0.1", "--rank-port", "0",
+             "--run-dir", str(workdir)], cwd=workdir, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        assert self.proc.stdout is not None
+        self.lines: list[str] = []
+        for text in self.proc.stdout:
+            self.lines.append(text)
+            if text.startswith("fi-dist-hub-ready"):
+                _, ide, rank = text.split()
+                self.ide_port, self.rank_port = int(ide), int(rank)
+                break
+        else:
+            raise AssertionError("hub did not start:\n" + "".join(self.lines))
+        import threading
+
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.script = workdir / "light_rank.py"
+        self.script.write_text(LIGHT_RANK)
+        self.ranks: list[subprocess.Popen[bytes]] = []
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for text in self.proc.stdout:
+            self.lines.append(text)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        from fi_dist.runtime.debug.launchjson import attach_config
+
+        return attach_config("127.0.0.1", self.ide_port, self.token)
+
+    def start_ranks(self, world: int, per_node: int = 4) -> None:
+        for r in range(world):
+            env = light_rank_env(r, world, per_node, self.rank_port, self.token)
+            self.ranks.append(subprocess.Popen([sys.executable, str(self.script)], env=env,
+                                               cwd=self.workdir, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        for p in [*self.ranks, self.proc]:
+            if p.poll() is None:
+                p.kill()
+            p.wait()

@@ -1,0 +1,224 @@
+"""The debug hub end to end: real ``fi-dist run --debug`` jobs, a real DAP client, one port.
+
+Each test starts a real job (node agents, torchrun semantics, gloo ranks, debugpy in
+every rank, the hub beside rank 0) and drives it through the hub's one IDE port with
+the configuration the hub wrote to ``.vscode/launch.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from debug_client import DebugJob, checksum, cli, marker_line, write_job  # noqa: E402
+
+from fi_dist.runtime.debug.client import DapSession, JobClient  # noqa: E402
+from fi_dist.runtime.debug.protocol import encode  # noqa: E402
+
+pytestmark = pytest.mark.timeout(400)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The checksum of the same job on 2x2 without --debug."""
+    work = tmp_path_factory.mktemp("baseline")
+    script = write_job(work)
+    out = subprocess.run(cli("run", "--plain", "--nnodes", "2", "--nproc-per-node", "2",
+                             "--master-port", "0", str(script)),
+                         cwd=work, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return checksum(out.stdout)
+
+
+def _refused_attach(config: dict) -> str:
+    """Attach without the token: the hub answers with an error and closes."""
+    host, port = config["connect"]["host"], config["connect"]["port"]
+    s = DapSession(host, port, "no-token")
+    try:
+        s.request("initialize", {"adapterID": "debugpy"})
+        bad = {k: v for k, v in config.items() if k != "fiDistToken"}
+        resp = s.request("attach", bad, check=False)
+        assert not resp["success"]
+        assert s.closed.wait(10), "the hub kept an unauthenticated connection open"
+        return resp["message"]
+    finally:
+        s.close()
+
+
+def _fuzz_ide_port(config: dict) -> None:
+    host, port = config["connect"]["host"], config["connect"]["port"]
+    garbage = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",                   # not DAP at all
+        b"Content-Length: 99999999999\r\n\r\n{}",               # huge Content-Length
+        b"Content-Length: 5\r\n\r\n{{{{{",                      # bad JSON
+        b"Content-Length: 2\r\n\r\n[]",                         # not an object
+        encode({"seq": 1, "type": "request", "command": "frobnicate"}),  # unknown command
+        b"X" * 5000,                                            # endless header
+    ]
+    for blob in garbage:
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(blob)
+            s.settimeout(10)
+            try:
+                while s.recv(65536):
+                    pass
+            except TimeoutError:
+                pass  # the unknown command gets an error response and the socket stays up
+
+
+def _fuzz_rank_port(job: DebugJob) -> None:
+    debug = json.loads((job.run_dir() / "debug.json").read_text())
+    addr = ("127.0.0.2", debug["rank_port"])
+    for blob in (b'{"kind": "control", "token": "wrong", "rank": 0}\n', b"\x00\xff" * 100 + b"\n",
+                 b'{"kind": "data", "token": "' + job.config["fiDistToken"].encode()
+                 + b'", "rank": 0, "sid": 424242}\n'):
+        with socket.create_connection(addr, timeout=10) as s:
+            s.sendall(blob)
+            s.settimeout(10)
+            assert s.recv(65536) in (b"", b'{"ok":false,"error":"wrong token"}\n')
+
+
+def test_break_on_all_ranks_2x2(tmp_path: Path, baseline: str) -> None:
+    job = DebugJob(tmp_path, 2, 2, {"JOB_MODE": "break", "JOB_HOLD": "25"},
+                   extra=("--wait-for-client",))
+    client = None
+    try:
+        cfg = job.config
+        assert cfg["type"] == "debugpy" and cfg["request"] == "attach"
+        assert cfg["justMyCode"] is False and cfg["connect"]["host"] == "127.0.0.1"
+        printed = subprocess.run(cli("attach", "--print"), cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=60)
+        assert json.loads(printed.stdout) == cfg
+
+        # Security and robustness before the real client: all refused, hub and ranks live on.
+        assert "fiDistToken" in _refused_attach(cfg)
+        _fuzz_ide_port(cfg)
+        _fuzz_rank_port(job)
+
+        line = marker_line(job.script, "LAST-RANK-LINE")
+        client = JobClient(cfg, breakpoints={str(job.script): [line]})
+        client.attach()
+        children = client.wait_children(4, timeout=120)
+        assert {r: client.child_names[r] for r in children} == {
+            0: "rank 0 (node 0)", 1: "rank 1 (node 0)", 2: "rank 2 (node 1)",
+            3: "rank 3 (node 1)"}
+        stops = {r: s.wait_event("stopped", timeout=120) for r, s in children.items()}
+        assert stops[3]["body"]["reason"] == "breakpoint"
+        assert all(stops[r]["body"]["reason"] == "pause" for r in (0, 1, 2))
+        spin_line = marker_line(job.script, "OTHERS-SPIN-LINE")
+        for r in range(4):
+            frame = client.top_frame(r, stops[r]["body"]["threadId"])
+            if r == 3:
+                assert frame["line"] == line
+                assert client.evaluate(r, "dist.get_rank()", frame["id"]) == "3"
+            else:  # paused while running Python in spin(), called from the spin line
+                assert frame["name"] == "spin"
+                assert client.evaluate(r, "__import__('torch').distributed.get_rank()",
+                                       frame["id"]) == str(r)
+        threads = children[3].request("threads")["body"]["threads"]
+        assert threads[0]["name"].startswith("rank 3 (node 1)")
+        states = job.wait_states(lambda s: all(str(v).startswith("paused at") for v in s.values()))
+        assert states[3] == f"paused at debug_job.py:{line}"
+        assert spin_line  # the others' frames are inside spin(), below this line
+
+        children[3].request("continue", {"threadId": stops[3]["body"]["threadId"]})
+        for r in (0, 1, 2):  # continue on one rank continued every rank
+            children[r].wait_event("continued", timeout=30)
+        client.close()
+        client = None
+        assert job.wait(240) == 0, job.output()[-3000:]
+        assert checksum(job.output()) == baseline
+    finally:
+        if client is not None:
+            client.close()
+        job.stop()
+
+
+def test_rank_breakpoint_survives_short_timeouts(tmp_path: Path, baseline: str) -> None:
+    """fi_dist.breakpoint(rank=1) with a 10 s collective timeout, paused 30 s."""
+    job = DebugJob(tmp_path, 2, 2, {"JOB_MODE": "rank_bp", "JOB_BP_RANK": "1",
+                                    "JOB_TIMEOUT": "10"}, extra=("--wait-for-client",))
+    client = None
+    try:
+        client = JobClient(job.config)
+        client.attach()
+        children = client.wait_children(4, timeout=120)
+        stop = children[1].wait_event("stopped", timeout=120)
+        paused_at = time.monotonic()
+        frame = client.top_frame(1, stop["body"]["threadId"])
+        assert frame["line"] == marker_line(job.script, "RANK-BP-LINE") + 1
+        # The others wait in the rendezvous, not stopped by the hub.
+        states = job.wait_states(lambda s: all("waiting for rank 1" in str(s[r])
+                                               for r in (0, 2, 3)), timeout=60)
+        assert str(states[1]).startswith("paused at")
+        # A step on rank 1 does not release them.
+        children[1].request("next", {"threadId": stop["body"]["threadId"]})
+        children[1].wait_event("stopped", timeout=60)
+        time.sleep(max(0.0, 30 - (time.monotonic() - paused_at)))
+        states = job.rank_states()
+        assert all("waiting for rank 1" in str(states[r]) for r in (0, 2, 3)), states
+        children[1].request("continue", {"threadId": stop["body"]["threadId"]})
+        assert job.wait(240) == 0, job.output()[-3000:]
+        assert checksum(job.output()) == baseline
+    finally:
+        if client is not None:
+            client.close()
+        job.stop()
+
+
+def test_post_mortem_stops_at_raise_and_shows_blocked_peer(tmp_path: Path) -> None:
+    job = DebugJob(tmp_path, 2, 1, {"JOB_MODE": "raise", "JOB_RAISE_RANK": "1"},
+                   extra=("--wait-for-client", "--post-mortem-wait", "60"))
+    client = None
+    try:
+        client = JobClient(job.config, exception_filters=["uncaught"])
+        client.attach()
+        children = client.wait_children(2, timeout=120)
+        stop = children[1].wait_event("stopped", timeout=120)
+        assert stop["body"]["reason"] == "exception"
+        frame = client.top_frame(1, stop["body"]["threadId"])
+        assert frame["name"] == "explode"
+        assert frame["line"] == marker_line(job.script, "RAISE-LINE")
+        assert client.evaluate(1, "local_marker", frame["id"]) == "7"
+        # Rank 0 waits in all_reduce for rank 1: it cannot stop, the hub says so.
+        note = client.root.wait_event("output", timeout=30,
+                                      pred=lambda e: "blocked" in e["body"]["output"])
+        assert "rank 0 (node 0) is blocked in collective" in note["body"]["output"]
+        states = job.wait_states(lambda s: "blocked in collective" in str(s.get(0)))
+        assert str(states[1]).startswith("paused at")
+        # The client leaving resumes every rank: the exception goes on and fails the job.
+        client.close()
+        client = None
+        assert job.wait(240) != 0
+        assert "ValueError: boom on rank 1" in job.output()
+    finally:
+        if client is not None:
+            client.close()
+        job.stop()
+
+
+def test_post_mortem_without_client_fails_normally(tmp_path: Path) -> None:
+    job = DebugJob(tmp_path, 2, 1, {"JOB_MODE": "raise", "JOB_RAISE_RANK": "1"},
+                   extra=("--post-mortem-wait", "2"))
+    try:
+        assert job.wait(240) != 0
+        out = job.output()
+        assert "waiting 2s for a debugger client" in out
+        assert "ValueError: boom on rank 1" in out
+    finally:
+        job.stop()
+
+
+def test_attach_print_without_debug_hub(tmp_path: Path) -> None:
+    (tmp_path / ".fi-dist").mkdir()
+    out = subprocess.run(cli("attach", "--print"), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "no fi-dist run" in out.stderr
