@@ -86,6 +86,7 @@ class IdleWatcher:
         """When the culler decided to end this node (None: it did not)."""
         self.events: list[IdleEvent] = []
         self._hung: tuple[int, ...] = ()
+        self._failures = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -124,8 +125,13 @@ class IdleWatcher:
                 if self.tick() is Action.STOP and not self.spec.dry_run:
                     self._end_node()
                     return
-            except Exception:  # a failed poll must not end the watch
-                log.exception("fi-dist idle: node %d: sample failed", self.node)
+            except Exception as exc:  # a failed poll must not end the watch
+                self._failures += 1
+                if self._failures == 1:  # the traceback once, then one line per failure
+                    log.exception("fi-dist idle: node %d: sample failed", self.node)
+                else:
+                    log.warning("fi-dist idle: node %d: sample failed (%d times): %s: %s",
+                                self.node, self._failures, type(exc).__name__, exc)
             if self._stop.wait(self.spec.interval):
                 return
 
@@ -200,8 +206,11 @@ class IdleWatcher:
     # --- escalation ------------------------------------------------------------------
     def _end_node(self) -> None:
         """SIGTERM the node's ranks (checkpoint request); SIGKILL them after the grace."""
+        # Only ranks still running: an exited rank's pid may already belong to another
+        # process.
         pids = [d["pid"] for d in self.run_dir.ranks().values()
-                if d.get("node") == self.node and isinstance(d.get("pid"), int)]
+                if d.get("node") == self.node and isinstance(d.get("pid"), int)
+                and d.get("state") not in _DONE_STATES]
         log.warning("fi-dist idle: node %d: SIGTERM to ranks' pids %s", self.node, pids)
         self._signal(pids, signal.SIGTERM)
         deadline = time.monotonic() + self.grace
