@@ -238,6 +238,7 @@ class StandaloneHub:
         return attach_config("127.0.0.1", self.ide_port, self.token)
 
     def start_ranks(self, world: int, per_node: int = 4) -> None:
+        per_node = min(per_node, world)
         for r in range(world):
             env = light_rank_env(r, world, per_node, self.rank_port, self.token)
             self.ranks.append(subprocess.Popen([sys.executable, str(self.script)], env=env,
