@@ -164,8 +164,9 @@ class IdleWatcher:
                 self._notify("hung", verdict, obs, f"ranks {list(verdict.hung)} look hung: "
                              "device busy, step heartbeat stale")
         if verdict.action is Action.WARN:
-            self._notify("warn", verdict, obs, f"{verdict.reason}; a checkpoint will be "
-                         "requested and the node ended unless it is used")
+            then = ("it would be ended (dry run)" if self.spec.dry_run else "a checkpoint "
+                    "will be requested and the node ended")
+            self._notify("warn", verdict, obs, f"{verdict.reason}; {then} unless it is used")
         elif verdict.action is Action.RESUME:
             self._notify("resume", verdict, obs, "activity resumed; the node is kept")
         elif verdict.action is Action.STOP:
