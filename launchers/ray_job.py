@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fi_dist import env_vars as ev
-from fi_dist import rundir
+from fi_dist import procs, rundir
 from fi_dist.errors import LauncherError
 from fi_dist.launcher import JobState
 from fi_dist.launchers.ray import (
@@ -51,7 +52,22 @@ class RankActor:
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pump: threading.Thread | None = None
+        self.hub: Any = None
         self.lines: deque[str] = deque()
+
+    def start_hub(self, env: dict[str, str], cwd: str) -> None:
+        """Start the debug hub beside rank 0 (this actor is rank 0's, on rank 0's node).
+
+        The hub inherits this process's env and writes launch.json in its working
+        directory, so both are set first; the actor serves this one rank only.
+        """
+        from fi_dist.runtime.debug import hub_process
+        from fi_dist.runtime.environment import NodeEnvironment
+
+        os.environ.update(env)
+        if os.path.isdir(cwd):
+            os.chdir(cwd)
+        self.hub = hub_process.start(NodeEnvironment.from_env())
 
     def where(self) -> tuple[str, str]:
         """(node id, node IP) of this actor."""
@@ -91,6 +107,12 @@ class RankActor:
         if code is not None and code < 0:
             code = 128 - code  # killed by a signal: report it like a shell (143 = SIGTERM)
         return out, code
+
+    def stop_hub(self) -> None:
+        from fi_dist.runtime.debug import hub_process
+
+        hub_process.stop(self.hub)
+        self.hub = None
 
     def terminate(self, grace: float) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -132,6 +154,8 @@ class RayRun:
         self.exitcode = 1
         self.attempts = 0
         self._log = None
+        # One token for the whole run: an IDE stays attached across restarts.
+        self._token = secrets.token_hex(16)
 
     def _print(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -183,18 +207,35 @@ class RayRun:
         try:
             return self._drive(actors)
         finally:
+            if self.spec.debug.enabled:
+                with contextlib.suppress(RayActorError, ray.exceptions.GetTimeoutError):
+                    ray.get(actors[0].stop_hub.remote(), timeout=30)
             for a in actors:
                 ray.kill(a)
+            # Whatever of this run is left on this machine (a hub whose actor was lost).
+            procs.terminate(self.run_id, grace=3.0)
             remove_placement_group(pg)
 
     def _drive(self, actors: list[Any]) -> int:
         where = ray.get([a.where.remote() for a in actors])
         master = (where[0][1], ray.get(actors[0].free_port.remote()))
         argv = ["-m", "fi_dist.runtime.rank_main", self.spec.script, *self.spec.script_args]
-        for r, a, (_, ip) in zip(self.req.ranks, actors, where, strict=True):
+        job_env = {ev.FI_DIST_RUN_ID: self.run_id, ev.FI_DIST_RUN_DIR: str(self.run_dir.path)}
+        if self.spec.debug.enabled:
+            from fi_dist.runtime.debug.config import debug_env
+
+            # The hub's rank port on rank 0's node; its IDE port is the spec's (0: free,
+            # published in launch.json by the hub).
+            job_env.update(debug_env(self.spec.debug, ray.get(actors[0].free_port.remote()),
+                                     token=self._token))
+        envs = []
+        for r, (_, ip) in zip(self.req.ranks, where, strict=True):
             env = rank_env(self.req, r, master, ip, self.attempts)
-            env.update({ev.FI_DIST_RUN_ID: self.run_id,
-                        ev.FI_DIST_RUN_DIR: str(self.run_dir.path)})
+            env.update(job_env)
+            envs.append(env)
+        if self.spec.debug.enabled:
+            ray.get(actors[0].start_hub.remote(envs[0], os.getcwd()))
+        for a, env in zip(actors, envs, strict=True):
             ray.get(a.start.remote(argv, env, os.getcwd()))
         exits: dict[int, int | None] = {r.rank: None for r in self.req.ranks}
         first_failure: int | None = None
