@@ -62,6 +62,10 @@ FI_DIST_IDLE_SMTP = "FI_DIST_IDLE_SMTP"
 """SMTP server HOST:PORT for the culler's mail."""
 FI_DIST_IDLE_EMAIL_FROM = "FI_DIST_IDLE_EMAIL_FROM"
 """Sender address of the culler's mail."""
+FI_DIST_INTERACTIVE = "FI_DIST_INTERACTIVE"
+"""1 turns on every @interactive_pytorch (0 turns them off, even with enable=True)."""
+FI_DIST_CODE_SERVER = "FI_DIST_CODE_SERVER"
+"""Path of the code-server binary (default: .tools/code-server, then PATH)."""
 
 # --- Kubeflow training operator (PyTorchJob pod env) -------------------------------
 MASTER_ADDR = "MASTER_ADDR"

@@ -1,0 +1,211 @@
+"""``@interactive_pytorch``: FlyteInteractive's ``@vscode`` for distributed PyTorch tasks.
+
+::
+
+    @task(task_config=Elastic(nnodes=1, nproc_per_node=2, max_restarts=3))
+    @interactive_pytorch(enable=True)
+    def train(steps: int) -> str: ...
+
+Works on a plain training function (run by ``fi-dist run`` or torchrun) and under
+flytekit's ``@task`` with ``PyTorch``, ``Elastic`` and ``RayJobConfig`` configs, in either
+order (placed above ``@task`` it wraps the task's function and, for Elastic, makes sure
+``max_restarts`` leaves room for resumes). Exactly one code-server and one debug hub per
+job, on rank 0 of node 0; every other rank registers with the hub. Off unless
+``enable=True`` or ``FI_DIST_INTERACTIVE=1`` (``FI_DIST_INTERACTIVE=0`` forces it off);
+when off the wrapper costs one dictionary lookup and calls the function.
+
+See docs/flyte.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fi_dist import env_vars as ev
+
+log = logging.getLogger("fi_dist.interactive")
+
+MARK = "__fi_dist_interactive__"
+
+
+@dataclass
+class InteractiveConfig:
+    """Options of ``@interactive_pytorch`` (``@vscode``'s where they make sense, plus ranks)."""
+
+    enable: bool | None = None
+    """True/False; None follows ``FI_DIST_INTERACTIVE`` (off when unset). The env var set to
+    0 or 1 overrides the argument, so a production launch can switch every task off."""
+    port: int = 8080
+    """code-server's port on rank 0's 127.0.0.1 (``@vscode``'s default); 0 = a free one."""
+    debug_port: int = 5678
+    """The debug hub's IDE port on rank 0's 127.0.0.1; 0 = a free one (see launch.json)."""
+    max_idle_seconds: float = 36000.0
+    """A failed rank waits this long after the last activity (code-server heartbeat, an
+    attached debugger) for a resume, then the task fails."""
+    run_task_first: bool = False
+    """True: run first, and bring up code-server only when a rank fails (post-mortem)."""
+    pre_execute: Callable[[], None] | None = None
+    """Called on every rank before the session opens."""
+    post_execute: Callable[[], None] | None = None
+    """Called on every rank after the function returned (not after a failure)."""
+    wait_for_client: bool = False
+    """Hold every debugged rank before the function until a debugger client attaches."""
+    break_on_start: bool = False
+    """Stop every debugged rank on the function's first line (once a client is attached)."""
+    ranks: Sequence[int] | None = None
+    """Ranks that run debugpy (None: all). Every rank still takes part in resume."""
+    source_root: str | None = None
+    """The directory shipped on resume; default: the task file's top package directory."""
+    code_server: str | None = None
+    """code-server binary; default ``FI_DIST_CODE_SERVER``, ``.tools/code-server``, PATH."""
+    max_restarts: int = 3
+    """Placed above an Elastic ``@task``: raise its ``max_restarts`` to at least this."""
+
+    def __post_init__(self) -> None:
+        for name in ("port", "debug_port"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < 65536:
+                raise ValueError(f"interactive_pytorch({name}={value!r}): must be a port in 0..65535")
+        if self.max_idle_seconds <= 0:
+            raise ValueError(f"interactive_pytorch(max_idle_seconds={self.max_idle_seconds!r}): "
+                             "must be > 0")
+        if self.ranks is not None:
+            ranks = list(self.ranks)
+            if any(not isinstance(r, int) or r < 0 for r in ranks):
+                raise ValueError(f"interactive_pytorch(ranks={self.ranks!r}): must be ranks >= 0")
+            self.ranks = tuple(ranks)
+        for name in ("pre_execute", "post_execute"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise ValueError(f"interactive_pytorch({name}=...): must be callable")
+        if self.max_restarts < 0:
+            raise ValueError(f"interactive_pytorch(max_restarts={self.max_restarts}): must be >= 0")
+
+    def enabled(self) -> bool:
+        switch = os.environ.get(ev.FI_DIST_INTERACTIVE)
+        if switch in ("0", "1"):
+            return switch == "1"
+        return bool(self.enable)
+
+
+def source_file_of(fn: Callable[..., Any]) -> str | None:
+    """``fn``'s file, read where the decorator runs (the parent process): a worker gets
+    the function cloudpickled by value, whose code no longer names its file."""
+    try:
+        file = inspect.getsourcefile(fn)
+    except TypeError:
+        return None
+    return str(Path(file).resolve()) if file else None
+
+
+def source_root_of(file: str | None) -> Path:
+    """The directory of ``file``, walked up past package ``__init__.py`` files (else cwd)."""
+    if not file:
+        return Path.cwd()
+    path = Path(file).parent
+    while (path / "__init__.py").exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def reload_function(fn: Callable[..., Any], file: str | None) -> Callable[..., Any]:
+    """``fn`` as ``file`` defines it NOW (after a resume shipped an edit), else ``fn``.
+
+    The module is executed under a private name (never ``__main__``), the attribute of
+    the same name is unwrapped from a flytekit task and from this decorator.
+    """
+    if not file or not Path(file).is_file():
+        return fn
+    spec = importlib.util.spec_from_file_location(f"_fi_dist_reloaded_{fn.__name__}", file)
+    if spec is None or spec.loader is None:
+        return fn
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the edit does not even import: the rank fails with it
+        raise RuntimeError(f"reloading {file} after a resume failed: {exc}") from exc
+    obj = getattr(module, fn.__name__, None)
+    obj = getattr(obj, "task_function", obj)
+    while obj is not None and getattr(obj, MARK, False):
+        obj = obj.__wrapped__
+    return obj if callable(obj) else fn
+
+
+def _run(cfg: InteractiveConfig, fn: Callable[..., Any], file: str | None, args: Any,
+         kwargs: Any) -> Any:
+    from fi_dist.integrations.session import Session, restart_count
+
+    root = Path(cfg.source_root).resolve() if cfg.source_root else source_root_of(file)
+    if cfg.pre_execute is not None:
+        cfg.pre_execute()
+    session = Session(cfg, root)
+    session.open()
+    target = reload_function(fn, file) if restart_count() > 0 else fn
+    try:
+        if cfg.break_on_start and session.debugged:
+            import debugpy
+
+            if debugpy.is_client_connected():
+                debugpy.breakpoint()
+        result = target(*args, **kwargs)
+    except Exception as exc:
+        session.post_mortem(exc)  # returns only when no resume came in time
+        session.close()
+        raise
+    session.close()
+    if cfg.post_execute is not None:
+        cfg.post_execute()
+    return result
+
+
+def _wrap(fn: Callable[..., Any], cfg: InteractiveConfig) -> Callable[..., Any]:
+    file = source_file_of(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not cfg.enabled():
+            return fn(*args, **kwargs)
+        return _run(cfg, fn, file, args, kwargs)
+
+    setattr(wrapper, MARK, True)
+    return wrapper
+
+
+def _wrap_task(task: Any, cfg: InteractiveConfig) -> Any:
+    task._task_function = _wrap(task.task_function, cfg)
+    config = getattr(task, "task_config", None)
+    if (cfg.enabled() and hasattr(config, "max_restarts") and hasattr(config, "nproc_per_node")
+            and config.max_restarts < cfg.max_restarts):
+        config.max_restarts = cfg.max_restarts  # room for resumes (Elastic only)
+    return task
+
+
+def interactive_pytorch(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Make a distributed training function (or flytekit task) debuggable where it runs.
+
+    Usable bare (``@interactive_pytorch``) or with :class:`InteractiveConfig` options
+    (``@interactive_pytorch(enable=True, port=8080)``), below or above ``@task``.
+
+    Raises:
+        ValueError: an option is out of range (the message names it).
+        TypeError: an unknown option.
+    """
+    cfg = InteractiveConfig(**options)
+
+    def decorate(obj: Any) -> Any:
+        if hasattr(obj, "task_function") and hasattr(obj, "_task_function"):
+            return _wrap_task(obj, cfg)
+        if not callable(obj):
+            raise TypeError(f"@interactive_pytorch decorates a function or a flytekit task, "
+                            f"not {type(obj).__name__}")
+        return _wrap(obj, cfg)
+
+    return decorate(fn) if fn is not None else decorate

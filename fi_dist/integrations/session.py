@@ -1,0 +1,313 @@
+"""One rank's interactive session for ``@interactive_pytorch`` (runs inside the job).
+
+Rank 0 of node 0 owns the job's only debug hub, code-server and resume endpoint; every
+other rank finds them through the job's rendezvous store (torchelastic's agent store,
+reachable from every node) and registers with the hub. Keys carry the restart count, so
+a restarted worker group never reads the previous attempt's ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fi_dist import env_vars as ev
+from fi_dist.runtime import heartbeat, resume
+from fi_dist.runtime.environment import RankEnvironment
+
+if TYPE_CHECKING:
+    from fi_dist.integrations.flyte import InteractiveConfig
+    from fi_dist.runtime.codeserver import CodeServer
+
+log = logging.getLogger("fi_dist.interactive")
+
+RESUME_CONFIG_NAME = "fi-dist: resume all ranks"
+HUB_READY = "fi-dist-hub-ready"
+
+
+def restart_count() -> int:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def restarts_left() -> int:
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) - restart_count()
+
+
+def open_store(env: RankEnvironment) -> Any:
+    """A client of the job's rendezvous store; an in-process store for a single process."""
+    import torch.distributed as dist
+
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return dist.TCPStore(env.master_addr, env.master_port, is_master=False,
+                             timeout=timedelta(seconds=300), wait_for_workers=False)
+    if env.world_size == 1:
+        return dist.HashStore()
+    raise RuntimeError("@interactive_pytorch needs torchelastic's agent store to find rank 0 "
+                       "(run the ranks with torchrun, fi-dist run or a flytekit Elastic task; "
+                       "TORCHELASTIC_USE_AGENT_STORE is not True here)")
+
+
+def start_hub(token: str, port: int, rank_host: str, cwd: Path) -> tuple[subprocess.Popen[str], int, int]:
+    """The debug hub as a child of rank 0; returns (process, IDE port, rank port)."""
+    env = dict(os.environ, **{ev.FI_DIST_DEBUG_TOKEN: token, ev.FI_DIST_DEBUG_PORT: str(port),
+                              ev.FI_DIST_DEBUG_HOST: "127.0.0.1",
+                              ev.FI_DIST_DEBUG_RANK_PORT: "0"})
+    proc = subprocess.Popen([sys.executable, "-m", "fi_dist.runtime.debug.hub",
+                             "--rank-host", rank_host], env=env, cwd=str(cwd),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    for text in proc.stdout:
+        if text.startswith(HUB_READY):
+            _, ide_port, rank_port = text.split()
+            threading.Thread(target=_pump, args=(proc.stdout,), daemon=True).start()
+            return proc, int(ide_port), int(rank_port)
+        seen.append(text)
+    proc.wait()
+    raise RuntimeError("the fi-dist debug hub did not start: " + "".join(seen[-20:]))
+
+
+def _pump(stream: Any) -> None:
+    for text in stream:
+        sys.stderr.write(text)
+
+
+def resume_launch_config(python: str) -> dict[str, Any]:
+    """The launch.json entry that triggers a resume (VSCode's built-in terminal launcher)."""
+    return {"name": RESUME_CONFIG_NAME, "type": "node-terminal", "request": "launch",
+            "command": f"{python} -m fi_dist.cli resume", "cwd": "${workspaceFolder}"}
+
+
+def write_launch_config(root: Path, config: dict[str, Any]) -> Path:
+    """Add or replace ``config`` (by name) in ``root/.vscode/launch.json``, keeping the others
+    (the hub's ``fi-dist: attach all ranks`` among them)."""
+    path = root / ".vscode" / "launch.json"
+    data: dict[str, Any] = {"version": "0.2.0", "configurations": []}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(path.read_text())
+        if isinstance(loaded, dict) and isinstance(loaded.get("configurations"), list):
+            data = loaded
+    data["configurations"] = [c for c in data["configurations"]
+                              if not (isinstance(c, dict) and c.get("name") == config["name"])]
+    data["configurations"].append(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".launch.json.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+class Session:
+    """What one rank runs around the training function when the decorator is enabled."""
+
+    def __init__(self, cfg: InteractiveConfig, root: Path) -> None:
+        self.cfg = cfg
+        self.root = root
+        self.env = RankEnvironment.from_env()
+        self.prefix = f"fi_dist/interactive/{restart_count()}/"
+        self.store: Any = None
+        self.hub: subprocess.Popen[str] | None = None
+        self.code_server: CodeServer | None = None
+        self.server: resume.ResumeServer | None = None
+        self.watcher: resume.Watcher | None = None
+        self.debugged = cfg.ranks is None or self.env.rank in cfg.ranks
+        self.info: dict[str, Any] = {}
+        self._last_activity = time.monotonic()
+
+    @property
+    def is_owner(self) -> bool:
+        return self.env.rank == 0
+
+    # --- opening -------------------------------------------------------------------------
+    def open(self) -> None:
+        self.store = open_store(self.env)
+        under_hub = os.environ.get(ev.FI_DIST_DEBUG) == "1"  # fi-dist run --debug: hub exists
+        if self.is_owner:
+            self._open_owner(under_hub)
+        else:
+            self.store.wait([self.prefix + "hub"])
+            self.info = json.loads(self.store.get(self.prefix + "hub"))
+        if self.debugged and not under_hub:
+            self._start_debugger()
+        self.watcher = resume.Watcher(self.store, self.root, self._on_resume).start()
+        if self.debugged and self.cfg.wait_for_client:
+            from fi_dist.runtime.debug import agent
+
+            agent.wait_for_client()
+
+    def _open_owner(self, under_hub: bool) -> None:
+        token = os.environ.get(ev.FI_DIST_DEBUG_TOKEN) or secrets.token_hex(16)
+        info: dict[str, Any] = {}
+        if not under_hub:
+            rank_host = "127.0.0.1" if self.env.nnodes == 1 else self.env.node_addr
+            self.hub, ide_port, rank_port = start_hub(token, self.cfg.debug_port, rank_host,
+                                                      self.root)
+            info = {"host": rank_host, "rank_port": rank_port, "ide_port": ide_port}
+            if ev.FI_DIST_DEBUG_TOKEN not in os.environ:
+                # Ranks learn the token from the rendezvous store; set FI_DIST_DEBUG_TOKEN
+                # (a Flyte secret) to keep it off the store.
+                info["token"] = token
+        self.info = info
+        self.token = token
+        before = resume.snapshot(self.root)
+        self.server = resume.ResumeServer(self.store, self.root, token, before,
+                                          self._why_no_restart, status=self._status).start()
+        if not self.cfg.run_task_first:
+            self._start_code_server()
+        else:  # post-mortem only: code-server comes up when a rank fails
+            threading.Thread(target=self._code_server_on_failure, daemon=True).start()
+        self._write_session()
+        self.store.set(self.prefix + "hub", json.dumps(info))
+
+    def _start_debugger(self) -> None:
+        from fi_dist.runtime.debug import agent, timeouts
+
+        os.environ[ev.FI_DIST_DEBUG_TOKEN] = self.info.get("token") or self.token_from_env()
+        os.environ[ev.FI_DIST_DEBUG_RANK_PORT] = str(self.info["rank_port"])
+        os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        timeouts.apply()
+        agent.start(replace(self.env, master_addr=self.info["host"]))
+
+    def token_from_env(self) -> str:
+        token = getattr(self, "token", None) or os.environ.get(ev.FI_DIST_DEBUG_TOKEN)
+        if not token:
+            raise RuntimeError(f"rank 0 kept the job token off the store but {ev.FI_DIST_DEBUG_TOKEN} "
+                               "is unset on this rank: set it the same on every node")
+        return token
+
+    def _start_code_server(self) -> None:
+        from fi_dist.runtime import codeserver
+
+        state = self.root / ".fi-dist" / "code-server"
+        password = self._password(state)
+        cfg = codeserver.CodeServerConfig(folder=self.root, state_dir=state, password=password,
+                                          port=self.cfg.port)
+        try:
+            self.code_server = codeserver.start(cfg, self.cfg.code_server)
+        except RuntimeError as exc:
+            print(f"fi-dist: code-server did not start: {exc}", file=sys.stderr, flush=True)
+        if self.code_server is not None:
+            self.code_server.feed_activity(self._activity)
+            print(f"fi-dist: code-server on {self.code_server.url} (password in "
+                  f"{self.root / resume.SESSION_FILE}); port-forward it to reach it",
+                  file=sys.stderr, flush=True)
+            self._write_session()
+
+    def _password(self, state: Path) -> str:
+        # Kept across restarts of rank 0, so a browser logged in before a resume stays in.
+        path = state / "password"
+        with contextlib.suppress(OSError):
+            return path.read_text().strip()
+        state.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(18)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password)
+        return password
+
+    def _code_server_on_failure(self) -> None:
+        while True:
+            try:
+                if self.store.check([self.prefix + "failed"]):
+                    break
+            except Exception:
+                return
+            time.sleep(0.3)
+        self._start_code_server()
+
+    def _write_session(self) -> None:
+        cs = self.code_server
+        data = {"token": self.token, "resume_url": self.server.url if self.server else None,
+                "code_server_url": cs.url if cs else None,
+                "code_server_password": cs.cfg.password if cs else None,
+                "hub_port": self.info.get("ide_port"), "source_root": str(self.root),
+                "restart_count": restart_count()}
+        path = self.root / resume.SESSION_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        write_launch_config(self.root, resume_launch_config(sys.executable))
+
+    # --- activity, status, resume ----------------------------------------------------------
+    def _activity(self) -> None:
+        self._last_activity = time.monotonic()
+        heartbeat.current().debug_activity()
+
+    def _status(self) -> dict[str, Any]:
+        failed = None
+        with contextlib.suppress(Exception):
+            if self.store.check([self.prefix + "failed"]):
+                failed = self.store.get(self.prefix + "failed").decode()
+        return {"failed": failed, "restart_count": restart_count(),
+                "restarts_left": restarts_left()}
+
+    def _why_no_restart(self) -> str | None:
+        if self.env.world_size > 1 and restarts_left() <= 0:
+            return (f"no restart left (TORCHELASTIC_MAX_RESTARTS="
+                    f"{os.environ.get('TORCHELASTIC_MAX_RESTARTS', '0')}, restart "
+                    f"{restart_count()}): give the task Elastic(max_restarts>=1) or torchrun "
+                    "--max-restarts so the ranks can re-enter with the edited code")
+        return None
+
+    def _on_resume(self, gen: int, written: list[str]) -> None:
+        print(f"fi-dist: {self.env.label()}: resume generation {gen} ({len(written)} file(s) "
+              "updated here); restarting with the edited code", file=sys.stderr, flush=True)
+        self.close()
+        sys.stdout.flush()
+        os._exit(resume.RESUME_EXIT_CODE)
+
+    def post_mortem(self, exc: BaseException) -> None:
+        """A rank raised: stop in the debugger if a client is there, then wait for a resume.
+
+        Returns (the caller re-raises) when no resume came within ``max_idle_seconds`` of
+        the last activity; a resume ends the process from the watcher thread.
+        """
+        with contextlib.suppress(Exception):
+            self.store.set(self.prefix + "failed", str(self.env.rank))
+        label = self.env.label()
+        print(f"fi-dist: {label} raised {type(exc).__name__}: {exc}; post-mortem: fix the code "
+              "and resume ('fi-dist: resume all ranks' or `fi-dist resume`)", file=sys.stderr,
+              flush=True)
+        heartbeat.current().state(f"post-mortem: {type(exc).__name__}, waiting for resume")
+        connected = False
+        if self.debugged:
+            import debugpy
+
+            if debugpy.is_client_connected():
+                connected = True
+                debugpy.trigger_exception_handler(exc, as_uncaught=True)
+        self._last_activity = time.monotonic()
+        while time.monotonic() - self._last_activity < self.cfg.max_idle_seconds:
+            if connected:
+                import debugpy
+
+                if debugpy.is_client_connected():
+                    self._activity()
+            time.sleep(0.2)
+        print(f"fi-dist: {label}: no resume within {self.cfg.max_idle_seconds:g}s idle; "
+              "failing the task", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.code_server is not None:
+            self.code_server.stop()
+        if self.server is not None:
+            self.server.close()
+        if self.hub is not None and self.hub.poll() is None:
+            self.hub.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.hub.wait(5)

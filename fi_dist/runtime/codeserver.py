@@ -1,0 +1,209 @@
+"""code-server (VSCode in the browser) on rank 0 of node 0, for ``@interactive_pytorch``.
+
+Started bound to 127.0.0.1 with password auth in the task's source directory, its
+config and data kept out of the home directory. Reach it through a port-forward
+(``kubectl port-forward pod/<rank-0 pod> 8080``). A code-server that is not installed is
+not an error: :func:`find` returns None, the caller says so once and the debug hub still
+serves a local VSCode through a port-forward of the hub port.
+
+Installation is ``scripts/install_code_server.sh`` (npm, pinned version, no GitHub
+downloads) into ``.tools/code-server``; ``FI_DIST_CODE_SERVER`` names another binary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fi_dist import env_vars as ev
+
+log = logging.getLogger("fi_dist.codeserver")
+
+VERSION = "4.100.3"
+"""The pinned release (the last one that runs on Node 20)."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def project_prefix() -> Path:
+    """Where ``scripts/install_code_server.sh`` installs by default (``.tools/code-server``)."""
+    return Path(__file__).resolve().parents[2] / ".tools" / "code-server"
+
+
+def find() -> Path | None:
+    """The code-server binary: ``FI_DIST_CODE_SERVER``, the project install, then PATH."""
+    named = os.environ.get(ev.FI_DIST_CODE_SERVER)
+    if named:
+        path = Path(named)
+        return path if path.is_file() and os.access(path, os.X_OK) else None
+    local = project_prefix() / "node_modules" / ".bin" / "code-server"
+    if local.is_file() and os.access(local, os.X_OK):
+        return local
+    found = shutil.which("code-server")
+    return Path(found) if found else None
+
+
+def missing_message() -> str:
+    """What to tell the user when :func:`find` returns None."""
+    return ("code-server is not installed (run scripts/install_code_server.sh, or set "
+            f"{ev.FI_DIST_CODE_SERVER} to its binary); the debug hub still works: port-forward "
+            "its port and attach a local VSCode with 'fi-dist: attach all ranks'")
+
+
+@dataclass
+class CodeServerConfig:
+    """How rank 0 starts code-server."""
+
+    folder: Path
+    """The workspace it opens: the task's source directory."""
+    state_dir: Path
+    """Its user data, extensions and XDG config/data (kept out of $HOME)."""
+    password: str
+    """The login password (code-server's ``--auth password``)."""
+    port: int = 8080
+    """Port on 127.0.0.1; 0 picks a free one."""
+    host: str = "127.0.0.1"
+    """Bind address; loopback unless asked (reach it through a port-forward)."""
+    extra_args: list[str] = field(default_factory=list)
+    """More code-server flags."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"CodeServerConfig.port must be in 0..65535, got {self.port}")
+        if not self.password:
+            raise ValueError("CodeServerConfig.password must not be empty")
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # code-server lives exactly as long as the rank that started it.
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class CodeServer:
+    """A running code-server; :meth:`stop` ends its whole process group."""
+
+    def __init__(self, cfg: CodeServerConfig, binary: Path) -> None:
+        self.cfg = cfg
+        self.binary = binary
+        self.port = cfg.port or _free_port(cfg.host)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._watch: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}/"
+
+    def start(self, timeout: float = 60.0) -> CodeServer:
+        """Start it and wait until ``/healthz`` answers.
+
+        Raises:
+            RuntimeError: it exited or did not answer within ``timeout`` (its log is named).
+        """
+        state = self.cfg.state_dir
+        for sub in ("user-data", "extensions", "config", "data"):
+            (state / sub).mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PASSWORD=self.cfg.password,
+                   XDG_CONFIG_HOME=str(state / "config"), XDG_DATA_HOME=str(state / "data"))
+        env.pop("HASHED_PASSWORD", None)
+        cmd = [str(self.binary), "--bind-addr", f"{self.cfg.host}:{self.port}",
+               "--auth", "password", "--user-data-dir", str(state / "user-data"),
+               "--extensions-dir", str(state / "extensions"), "--disable-telemetry",
+               "--disable-update-check", "--disable-workspace-trust",
+               *self.cfg.extra_args, str(self.cfg.folder)]
+        log_path = state / "code-server.log"
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=str(self.cfg.folder), stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"code-server exited with {self.proc.returncode}; see {log_path}")
+            if self.health() is not None:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"code-server did not answer on {self.url} within {timeout:g}s; "
+                           f"see {log_path}")
+
+    def health(self) -> dict[str, object] | None:
+        """code-server's ``/healthz`` JSON (``status``, ``lastHeartbeat``), None if down.
+
+        ``/healthz`` does not count as activity itself, so polling it never keeps an idle
+        session alive.
+        """
+        try:
+            with urllib.request.urlopen(self.url + "healthz", timeout=2) as resp:
+                return json.loads(resp.read().decode())
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+
+    def feed_activity(self, on_activity: Callable[[], None], interval: float = 5.0) -> None:
+        """Call ``on_activity`` whenever code-server's heartbeat advances (a user is there)."""
+        def watch() -> None:
+            last: object = None
+            while not self._stop.wait(interval):
+                h = self.health()
+                beat = h.get("lastHeartbeat") if h else None
+                if beat and beat != last and last is not None:
+                    try:
+                        on_activity()
+                    except Exception as exc:  # a watcher must survive a failed write
+                        log.warning("code-server activity hook failed: %s", exc)
+                last = beat if beat else last
+
+        t = threading.Thread(target=watch, name="fi-dist-code-server-idle", daemon=True)
+        t.pydev_do_not_trace = True  # type: ignore[attr-defined]
+        t.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+        t.start()
+        self._watch = t
+
+    def stop(self, grace: float = 5.0) -> None:
+        """End code-server and its children (its own process group)."""
+        self._stop.set()
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def start(cfg: CodeServerConfig, binary: Path | None = None, timeout: float = 60.0
+          ) -> CodeServer | None:
+    """Start code-server, or None (with the reason on stderr) when it is not installed."""
+    binary = binary or find()
+    if binary is None:
+        print(f"fi-dist: {missing_message()}", file=sys.stderr, flush=True)
+        return None
+    return CodeServer(cfg, binary).start(timeout)
