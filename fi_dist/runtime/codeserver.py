@@ -169,13 +169,16 @@ class CodeServer:
             last: object = None
             while not self._stop.wait(interval):
                 h = self.health()
-                beat = h.get("lastHeartbeat") if h else None
-                if beat and beat != last and last is not None:
+                if h is None:
+                    continue
+                # "alive": a request or an open editor within code-server's last minute.
+                beat = h.get("lastHeartbeat")
+                if h.get("status") == "alive" or (last is not None and beat != last):
                     try:
                         on_activity()
                     except Exception as exc:  # a watcher must survive a failed write
                         log.warning("code-server activity hook failed: %s", exc)
-                last = beat if beat else last
+                last = beat
 
         t = threading.Thread(target=watch, name="fi-dist-code-server-idle", daemon=True)
         t.pydev_do_not_trace = True  # type: ignore[attr-defined]
