@@ -123,9 +123,11 @@ class RayLauncher(Launcher):
         return self.run(dryrun).run_id
 
     def run(self, dryrun: DryRun) -> RayRun:
-        if not os.environ.get("RAY_ADDRESS"):
+        address = os.environ.get("RAY_ADDRESS", "")
+        if not address or address.startswith("127."):
             # Ray reads these when it is imported: set them first, so a Ray started
-            # here listens on 127.0.0.1 only and writes no auth token file.
+            # here listens on 127.0.0.1 only and writes no auth token file (and a
+            # driver of a loopback cluster does not advertise the external interface).
             for key, value in LOCAL_RAY_ENV.items():
                 os.environ.setdefault(key, value)
         from fi_dist.launchers.ray_job import RayRun  # imports ray

@@ -219,6 +219,9 @@ class RayRun:
     def _drive(self, actors: list[Any]) -> int:
         where = ray.get([a.where.remote() for a in actors])
         master = (where[0][1], ray.get(actors[0].free_port.remote()))
+        self.run_dir.update_run(attempt=self.attempts, master=f"{master[0]}:{master[1]}",
+                                placement={str(r.rank): {"node_id": w[0], "ip": w[1]}
+                                           for r, w in zip(self.req.ranks, where, strict=True)})
         argv = ["-m", "fi_dist.runtime.rank_main", self.spec.script, *self.spec.script_args]
         job_env = {ev.FI_DIST_RUN_ID: self.run_id, ev.FI_DIST_RUN_DIR: str(self.run_dir.path)}
         if self.spec.debug.enabled:
