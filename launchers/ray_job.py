@@ -80,7 +80,9 @@ class RankActor:
 
     def start(self, argv: list[str], env: dict[str, str], cwd: str) -> int:
         full = {**os.environ, **env}
-        # Ray points breakpoint() at its own debugger in workers; the rank is fi-dist's.
+        # Ray points breakpoint() at its own debugger in workers (PYTHONBREAKPOINT, and
+        # RAY_DEBUG=1 by default in 2.60). The rank is not a Ray worker: without these,
+        # breakpoint() is Python's, which debugpy replaces under --debug (the hub's IDE).
         if full.get("PYTHONBREAKPOINT", "").startswith("ray."):
             del full["PYTHONBREAKPOINT"]
         full.pop("RAY_DEBUG", None)
