@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +49,10 @@ def api_client(context: str | None = None) -> Any:
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
+    # Read KUBECONFIG now: the client reads it once, when it is first imported.
+    config_file = os.environ.get("KUBECONFIG") or None
     try:
-        return config.new_client_from_config(context=context)
+        return config.new_client_from_config(config_file=config_file, context=context)
     except (ConfigException, FileNotFoundError) as first:
         try:
             config.load_incluster_config()

@@ -1,0 +1,196 @@
+"""Cluster operations through the official kubernetes client, against a loopback API.
+
+No Kubernetes API server runs here, so a minimal one does: a thread serving the REST
+paths the launcher uses (create/get/delete custom objects and secrets, list pods,
+pod logs, read the CRD), which serves the *real* PyTorchJob CRD from
+../shared/crds and checks the bearer token from the kubeconfig. The CLI runs
+in-process (``fi_dist.cli.main``) with KUBECONFIG pointing at it.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+from fi_dist.cli import main
+from fi_dist.config import load_spec
+from fi_dist.registry import get_launcher
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "test-bearer-token"
+
+
+class Api:
+    """State of the loopback API: objects by path, a request log, pod logs."""
+
+    def __init__(self, crd: dict) -> None:
+        self.crd = crd
+        self.objects: dict[str, dict] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.pod_logs: dict[str, str] = {}
+
+
+def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, code: int, body: object, ctype: str = "application/json") -> None:
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _status(self, code: int, reason: str) -> None:
+            self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                              "reason": reason, "code": code, "message": reason})
+
+        def _handle(self, method: str) -> None:
+            url = urlparse(self.path)
+            api.requests.append((method, url.path))
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return self._status(401, "Unauthorized")
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            path = url.path
+            if path == "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/" \
+                       "pytorchjobs.kubeflow.org":
+                return self._send(200, api.crd)
+            if path.endswith("/log"):
+                pod = path.split("/")[-2]
+                return self._send(200, api.pod_logs.get(pod, ""), "text/plain")
+            if path.endswith("/pods") and method == "GET":
+                selector = parse_qs(url.query).get("labelSelector", [""])[0]
+                job = selector.split("=", 1)[1]
+                items = [{"metadata": {"name": n, "namespace": "default"}}
+                         for n in sorted(api.pod_logs) if n.startswith(job + "-")]
+                return self._send(200, {"kind": "PodList", "apiVersion": "v1",
+                                        "metadata": {}, "items": items})
+            if method == "POST":
+                name = body["metadata"]["name"]
+                if f"{path}/{name}" in api.objects:
+                    return self._status(409, "AlreadyExists")
+                api.objects[f"{path}/{name}"] = body
+                return self._send(201, body)
+            if method == "GET":
+                if path not in api.objects:
+                    return self._status(404, "NotFound")
+                return self._send(200, api.objects[path])
+            if method == "DELETE":
+                if api.objects.pop(path, None) is None:
+                    return self._status(404, "NotFound")
+                return self._send(200, {"kind": "Status", "apiVersion": "v1",
+                                        "status": "Success"})
+            return self._status(405, "MethodNotAllowed")
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._handle("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._handle("POST")
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._handle("DELETE")
+
+    return Handler
+
+
+@pytest.fixture
+def api(crds_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    crd = yaml.safe_load((crds_dir / "kubeflow.org_pytorchjobs.v1.9.4.yaml").read_text())
+    state = Api(crd)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "loop", "cluster": {
+            "server": f"http://127.0.0.1:{server.server_address[1]}"}}],
+        "users": [{"name": "me", "user": {"token": TOKEN}}],
+        "contexts": [{"name": "test", "context": {"cluster": "loop", "user": "me"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.chdir(REPO)
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+JOBS = "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs"
+SECRETS = "/api/v1/namespaces/default/secrets"
+
+
+def test_submit_status_logs_cancel(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    config = REPO / "configs" / "pytorchjob_cpu_2x2.toml"
+    assert main(["run", "--config", str(config)]) == 0
+    assert "submitted default:ddp-cpu" in capsys.readouterr().out
+    expected = get_launcher("pytorchjob").dryrun(load_spec(config)).documents[0]
+    assert api.objects[f"{JOBS}/ddp-cpu"] == expected  # what was validated is what was sent
+
+    assert main(["status", "ddp-cpu", "--launcher", "pytorchjob"]) == 0
+    assert capsys.readouterr().out.strip() == "default:ddp-cpu: pending (no conditions yet)"
+    api.objects[f"{JOBS}/ddp-cpu"]["status"] = {"conditions": [
+        {"type": "Created", "status": "True"},
+        {"type": "Running", "status": "True", "message": "all pods running"}]}
+    assert main(["status", "default:ddp-cpu", "--launcher", "pytorchjob", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "running"
+
+    api.pod_logs = {"ddp-cpu-master-0": "[node0 rank0] step 0\n[node0 rank1] step 0\n",
+                    "ddp-cpu-worker-0": "[node1 rank2] step 0\n[node1 rank3] boom\n"}
+    assert main(["logs", "ddp-cpu", "--launcher", "pytorchjob", "--rank", "3"]) == 0
+    assert capsys.readouterr().out == "[node1 rank3] boom\n"
+    assert main(["logs", "ddp-cpu", "--launcher", "pytorchjob"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "ddp-cpu-master-0: [node0 rank0] step 0" and len(out) == 4
+
+    assert main(["cancel", "ddp-cpu", "--launcher", "pytorchjob"]) == 0
+    assert f"{JOBS}/ddp-cpu" not in api.objects
+    assert ("DELETE", f"{JOBS}/ddp-cpu") in api.requests
+    assert main(["status", "ddp-cpu", "--launcher", "pytorchjob"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_debug_job_creates_its_secret_first(api: Api) -> None:
+    assert main(["run", "--launcher", "pytorchjob", "--image", "img:1", "--name", "dbg",
+                 "--debug", "examples/ddp_train.py"]) == 0
+    posts = [p for m, p in api.requests if m == "POST"]
+    assert posts == [SECRETS, JOBS]
+    secret = api.objects[f"{SECRETS}/dbg-fi-dist-debug"]
+    api.objects[f"{SECRETS}/dbg-fi-dist-debug"] = {
+        **secret, "data": {"token": base64.b64encode(
+            secret["stringData"]["token"].encode()).decode()}}
+    launcher = get_launcher("pytorchjob")
+    assert launcher.hub_token("default", "dbg") == secret["stringData"]["token"]
+    main(["cancel", "dbg", "--launcher", "pytorchjob"])
+    assert not api.objects  # the job and its token secret
+
+
+def test_submit_validates_against_the_crd_the_cluster_serves(
+        api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    # A cluster whose (older) operator does not know nprocPerNode: refused before creating.
+    served = copy.deepcopy(api.crd)
+    del served["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"]["nprocPerNode"]
+    api.crd = served
+    assert main(["run", "--config", str(REPO / "configs" / "pytorchjob_cpu_2x2.toml")]) == 2
+    assert "spec.nprocPerNode: unknown field" in capsys.readouterr().err
+    assert not api.objects
+
+
+def test_wrong_credentials_are_reported(api: Api, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    kubeconfig = Path(tmp_path / "kubeconfig")
+    kubeconfig.write_text(kubeconfig.read_text().replace(TOKEN, "wrong"))
+    assert main(["status", "x", "--launcher", "pytorchjob"]) == 2
+    err = capsys.readouterr().err
+    assert "the cluster refused: 401" in err and "Traceback" not in err
