@@ -166,6 +166,7 @@ class DebugJob:
 
 LIGHT_RANK = '''\
 """A light debuggee: one rank's debug runtime (debugpy + hub agent) without torch work."""
+import os
 import time
 
 from fi_dist.runtime.debug import agent
@@ -179,9 +180,12 @@ def work(i):
     return x
 
 
+LAST = int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1
 i = 0
 while True:
     i = work(i) % 1000 + 1
+    if LAST:
+        last_only = i  # LIGHT-LAST-LINE
     time.sleep(0.001)
 '''
 

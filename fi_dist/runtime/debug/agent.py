@@ -142,6 +142,8 @@ class RankAgent:
             heartbeat.current().state(str(cmd.get("state")), **extra)
         elif name == "activity":
             heartbeat.current().debug_activity()
+        elif name == "pause":
+            _pause_all_threads()
         elif name == "resumed":
             with self._send_lock:
                 callbacks, self._on_resume = self._on_resume, []
@@ -183,6 +185,16 @@ class RankAgent:
             return
         _debugger_thread(_pump, down, up, name="fi-dist-relay-up")
         _pump(up, down)
+
+
+def _pause_all_threads() -> None:
+    """What pydevd does for a DAP ``pause`` with threadId "*", without the adapter hop."""
+    import pydevd
+    from _pydevd_bundle.pydevd_api import PyDevdAPI
+
+    py_db = pydevd.get_global_debugger()
+    if py_db is not None:
+        PyDevdAPI().request_suspend_thread(py_db, "*")
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:

@@ -130,7 +130,16 @@ def handshake(session: DapSession, config: dict[str, Any],
                                    "columnsStartAt1": True,
                                    "supportsStartDebuggingRequest": True}, timeout)
     attach = session.send_request("attach", config)
-    session.wait_event("initialized", timeout)
+    deadline = time.monotonic() + timeout
+    while True:  # a refused attach answers at once, with no "initialized" event
+        if attach[0].is_set() and attach[1] and not attach[1][0].get("success"):
+            session.wait_response(attach, 0)
+        try:
+            session.wait_event("initialized", 0.5)
+            break
+        except DapError:
+            if time.monotonic() > deadline:
+                raise
     for path, lines in (breakpoints or {}).items():
         session.request("setBreakpoints", {"source": {"path": path},
                                            "breakpoints": [{"line": n} for n in lines]}, timeout)

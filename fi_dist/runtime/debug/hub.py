@@ -39,6 +39,8 @@ log = logging.getLogger("fi_dist.debug.hub")
 
 BLOCKED_AFTER = 0.3
 """Seconds a paused rank may keep running before the hub calls it blocked."""
+ATTACH_TRIES = 5
+"""Attach attempts per rank (an adapter still detaching a previous client refuses)."""
 
 
 class Hub:
@@ -118,6 +120,7 @@ class Hub:
         self.ranks[rank] = link
         writer.write(line({"ok": True}))
         log.info("%s connected (pid %s)", link.label, link.pid)
+        self._prewarm(link)
         if self.root is not None and self.root.configured:
             asyncio.create_task(self._open_for_root(link))
         try:
@@ -167,24 +170,34 @@ class Hub:
 
     async def ensure_upstream(self, link: RankLink, args: dict[str, Any] | None = None
                               ) -> Upstream:
-        """The rank's debug session, opened through its agent when needed."""
-        if link.connecting is not None:
-            return await asyncio.shield(link.connecting)
-        if link.upstream is not None and not link.upstream.closed.is_set():
-            return link.upstream
-        link.connecting = asyncio.get_running_loop().create_future()
-        try:
-            up = await self._open_upstream(link, args)
-        except BaseException as exc:
-            link.connecting.set_exception(exc)
-            link.connecting.exception()  # retrieved: later awaiters re-raise it
-            link.connecting = None
-            raise
-        link.connecting.set_result(up)
-        link.connecting = None
-        return up
+        """The rank's configured debug session, opened through its agent when needed.
 
-    async def _open_upstream(self, link: RankLink, args: dict[str, Any] | None) -> Upstream:
+        All session changes of one rank (warm-up, attach, close) hold ``link.lock``, so a
+        rank never has two sessions with its adapter at once (the adapter serves one).
+        """
+        async with link.lock:
+            for attempt in range(ATTACH_TRIES):
+                up = link.upstream
+                if up is None or up.closed.is_set():
+                    up = link.upstream = await self._connect(link)
+                if up.configured:
+                    return up
+                try:
+                    await up.configure(self._attach_args(args), self.exception_filters,
+                                       self.breakpoints)
+                    return up
+                except ConnectionError as exc:
+                    # A half-attached session cannot be attached again: start over.
+                    link.upstream = None
+                    await up.close(disconnect=False)
+                    if attempt == ATTACH_TRIES - 1:
+                        raise
+                    log.info("%s: %s; retrying", link.label, exc)
+                    await asyncio.sleep(0.2 * (attempt + 1))
+            raise AssertionError("unreachable")
+
+    async def _connect(self, link: RankLink) -> Upstream:
+        """A relay to the rank's adapter, initialized (not attached yet)."""
         sid = next(self._sids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._data[sid] = (link.rank, fut)
@@ -194,9 +207,31 @@ class Hub:
         finally:
             self._data.pop(sid, None)
         up = Upstream(link.label, reader, writer, lambda m: self._rank_event(link, m))
-        link.upstream = up
-        await up.start(self._attach_args(args), self.exception_filters, self.breakpoints)
+        await up.open()
         return up
+
+    def _prewarm(self, link: RankLink) -> None:
+        # Open the relay and initialize before any IDE attaches: an attach then only
+        # pays for attach + configuration (P3).
+        async def warm() -> None:
+            async with link.lock:
+                if link.state == "exited" or (link.upstream is not None
+                                              and not link.upstream.closed.is_set()):
+                    return
+                try:
+                    link.upstream = await self._connect(link)
+                except (ConnectionError, TimeoutError, OSError) as exc:
+                    log.info("%s: warm-up failed: %s", link.label, exc)
+
+        asyncio.create_task(warm())
+
+    async def _reset(self, link: RankLink) -> None:
+        """Close the rank's session (it resumes, breakpoints go) and warm a new one."""
+        async with link.lock:
+            up, link.upstream = link.upstream, None
+            if up is not None:
+                await up.close(disconnect=up.configured)
+        self._prewarm(link)
 
     async def _open_for_root(self, link: RankLink) -> None:
         try:
@@ -221,8 +256,9 @@ class Hub:
 
     def broadcast(self, command: str, args: dict[str, Any]) -> None:
         for link in self.ranks.values():
-            if link.upstream is not None and not link.upstream.closed.is_set():
-                link.upstream.fire(command, args)
+            if (up := link.live) is not None:
+                up.forget(command, args)  # children must ask the rank again
+                up.fire(command, args)
 
     async def ide_closed(self, session: IdeSession) -> None:
         if session.link is not None and session.link.child is session:
@@ -241,9 +277,7 @@ class Hub:
                 link.child.event("terminated")
                 link.child.close()
                 link.child = None
-            if link.upstream is not None:
-                closing.append(link.upstream.close(disconnect=True))
-                link.upstream = None
+            closing.append(self._reset(link))
             if link.state in ("stopped", "pausing", "blocked"):
                 link.state = "running"
                 link.command(cmd="state", state="running")
@@ -257,8 +291,6 @@ class Hub:
     def _rank_event(self, link: RankLink, msg: dict[str, Any]) -> None:
         name = msg["event"]
         if name == "fi-dist/closed":
-            if link.upstream is not None and link.upstream.closed.is_set():
-                link.upstream = None
             return
         if name == "stopped":
             first = link.state not in ("pausing", "blocked")
@@ -294,10 +326,11 @@ class Hub:
         for link in self.ranks.values():
             if link is origin or link.state != "running" or link.held:
                 continue
-            if link.upstream is None or link.upstream.closed.is_set():
+            if link.live is None:
                 continue
             link.state, link.pause_sent = "pausing", now
-            link.upstream.fire("pause", {"threadId": "*"})
+            # Through the agent, in-process: one hop less than a DAP pause via the adapter.
+            link.command(cmd="pause")
             asyncio.get_running_loop().call_later(BLOCKED_AFTER, self._check_blocked, link, now)
 
     def _check_blocked(self, link: RankLink, sent: float) -> None:
@@ -333,8 +366,8 @@ class Hub:
             link.command(cmd="resumed")  # releases ranks waiting in fi_dist.breakpoint(rank=k)
             if link is origin or link.state not in ("stopped", "pausing", "blocked"):
                 continue
-            if link.upstream is not None and not link.upstream.closed.is_set():
-                link.upstream.fire("continue", {"threadId": link.thread_id})
+            if (up := link.live) is not None:
+                up.fire("continue", {"threadId": link.thread_id})
             link.state, link.blocked = "running", None
             link.command(cmd="state", state="running")
 

@@ -224,7 +224,7 @@ class IdeSession:
     async def _child_request(self, req: dict[str, Any], cmd: str, args: dict[str, Any]) -> None:
         link = self.link
         assert link is not None
-        up = link.upstream
+        up = link.live
         self.hub.activity(link)
         if cmd == "configurationDone":
             self.respond(req)
@@ -242,8 +242,12 @@ class IdeSession:
             await self.writer.drain()
             self.close()
             return
-        if up is None or up.closed.is_set():
+        if up is None:
             self.respond(req, error=f"{link.label} has no live debug session ({link.state})")
+            return
+        cached = up.cached(cmd, args) if cmd in CONFIG_COMMANDS else None
+        if cached is not None:
+            self.respond(req, cached.get("body") or {})
             return
         sink = self._threads_sink if cmd == "threads" else self.send
         try:

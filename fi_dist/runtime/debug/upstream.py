@@ -44,10 +44,13 @@ class Upstream:
         self.on_event = on_event
         self.capabilities: dict[str, Any] = {}
         self.closed = asyncio.Event()
+        self.configured = False
         self._seq = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._routes: dict[int, tuple[Sink, int]] = {}
         self._initialized = asyncio.Event()
+        self.applied: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.applied_filters: tuple[dict[str, Any], dict[str, Any]] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def _send(self, msg: dict[str, Any]) -> None:
@@ -81,9 +84,8 @@ class Upstream:
         self._routes[seq] = (sink, int(msg.get("seq", 0)))
         self._send({**msg, "seq": seq})
 
-    async def start(self, attach_args: dict[str, Any], exception_filters: dict[str, Any],
-                    breakpoints: dict[str, dict[str, Any]]) -> None:
-        """initialize, attach, configure (the root's breakpoints), configurationDone."""
+    async def open(self) -> None:
+        """Start reading and send ``initialize`` (done ahead of any IDE: a warm session)."""
         self._task = asyncio.create_task(self._read_loop())
         init = await self.request("initialize", {
             "clientID": "fi-dist-hub", "clientName": "fi-dist hub", "adapterID": "debugpy",
@@ -91,15 +93,56 @@ class Upstream:
             "supportsVariableType": True, "supportsRunInTerminalRequest": False,
         })
         self.capabilities = init.get("body") or {}
+
+    async def configure(self, attach_args: dict[str, Any], exception_filters: dict[str, Any],
+                        breakpoints: dict[str, dict[str, Any]]) -> None:
+        """attach, the root's breakpoints and exception filters, configurationDone."""
         attach = self.request("attach", attach_args)
-        await asyncio.wait_for(self._initialized.wait(), 30)
-        sets: list[Awaitable[Any]] = [self.request("setExceptionBreakpoints", exception_filters)]
-        sets += [self.request("setBreakpoints", args) for args in breakpoints.values()]
-        await asyncio.gather(*sets)
+        ready = asyncio.ensure_future(self._initialized.wait())
+        await asyncio.wait([attach, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            # The adapter refused at once (its previous session is still detaching) or
+            # said nothing: either way this session cannot be configured.
+            resp = attach.result() if attach.done() else {}
+            raise ConnectionError(f"{self.label}: attach failed: "
+                                  f"{resp.get('message', 'no initialized event in 30 s')}")
+        filters = self.request("setExceptionBreakpoints", exception_filters)
+        paths = list(breakpoints)
+        sets: list[Awaitable[Any]] = [self.request("setBreakpoints", breakpoints[p])
+                                      for p in paths]
+        done = await asyncio.gather(filters, *sets)
+        # Remember what the rank already has: an IDE child session configuring the same
+        # breakpoints is answered from here instead of another round trip per rank.
+        self.applied_filters = (exception_filters, done[0])
+        self.applied = {p: (breakpoints[p], r) for p, r in zip(paths, done[1:], strict=True)}
         await self.request("configurationDone")
         resp = await asyncio.wait_for(attach, 30)
         if not resp.get("success"):
             raise ConnectionError(f"{self.label}: adapter refused attach: {resp.get('message')}")
+        self.configured = True
+
+    def forget(self, command: str, args: dict[str, Any]) -> None:
+        """Drop the cached answer a new ``command`` with ``args`` makes stale."""
+        if command == "setExceptionBreakpoints":
+            self.applied_filters = None
+        elif command == "setBreakpoints":
+            self.applied.pop((args.get("source") or {}).get("path") or "", None)
+
+    def cached(self, command: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        """The rank's earlier response when ``args`` would change nothing, else None."""
+        if command == "setExceptionBreakpoints" and self.applied_filters is not None:
+            old, resp = self.applied_filters
+            same = all(old.get(k) == args.get(k) for k in ("filters", "filterOptions",
+                                                           "exceptionOptions"))
+            return resp if same else None
+        if command == "setBreakpoints":
+            path = (args.get("source") or {}).get("path") or ""
+            entry = self.applied.get(path)
+            if entry is not None and entry[0].get("breakpoints") == args.get("breakpoints"):
+                return entry[1]
+            self.applied.pop(path, None)
+        return None
 
     async def _read_loop(self) -> None:
         try:
@@ -157,7 +200,7 @@ class RankLink:
     stopped_event: dict[str, Any] | None = None
     where: str = ""
     upstream: Upstream | None = None
-    connecting: asyncio.Future[Upstream] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     child: Any = None
     pause_sent: float = 0.0
     blocked: str | None = None
@@ -172,6 +215,12 @@ class RankLink:
         """Send a control command to the rank agent (best effort)."""
         if not self.writer.is_closing():
             self.writer.write(line(cmd))
+
+    @property
+    def live(self) -> Upstream | None:
+        """The rank's session when it is attached and open."""
+        up = self.upstream
+        return up if up is not None and up.configured and not up.closed.is_set() else None
 
     @property
     def thread_id(self) -> Any:

@@ -1,0 +1,195 @@
+"""Debug hub benchmarks (numbers in docs/debug.md).
+
+* **P1** step time of a DDP job under ``fi-dist run --debug`` with a client attached (no
+  breakpoint hit) / the same job under plain torchrun, interleaved in the same run.
+* **P3** one attach -> every rank stopped at a breakpoint, for 16 (4 nodes x 4) and 64
+  light debuggee ranks (debugpy + the hub agent, no torch work) behind one hub.
+* **P4** first rank stopped -> all ranks stopped: a breakpoint only the last rank
+  reaches; the others are paused by the hub.
+
+    .venv/bin/python bench/debug_bench.py --p1 --p34 16 64
+
+Times are measured at the client (what a user sees), with ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from debug_client import StandaloneHub, marker_line  # noqa: E402
+
+from fi_dist.runtime.debug.client import JobClient  # noqa: E402
+
+P1_SCRIPT = '''\
+import os, statistics, time
+import torch, torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+model = DDP(nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                          nn.Linear(512, 1)))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+times = []
+for step in range(int(os.environ.get("STEPS", "300"))):
+    t = time.perf_counter()
+    x = torch.randn(64, 256)
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    times.append(time.perf_counter() - t)
+dist.barrier()
+if dist.get_rank() == 0:
+    print(f"median step ms: {statistics.median(times[50:]) * 1000:.3f}", flush=True)
+dist.destroy_process_group()
+'''
+
+
+def _step_ms(output: str) -> float:
+    found = re.findall(r"median step ms: ([0-9.]+)", output)
+    if not found:
+        raise RuntimeError(f"no step time in output:\n{output[-2000:]}")
+    return float(found[-1])
+
+
+def p1_plain(script: Path, work: Path) -> float:
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", "0", str(script)], cwd=work, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return _step_ms(out.stdout + out.stderr)
+
+
+def p1_debug(script: Path, work: Path) -> float:
+    vscode = work / ".vscode" / "launch.json"
+    vscode.unlink(missing_ok=True)
+    log = work / "p1.log"
+    proc = subprocess.Popen([sys.executable, "-m", "fi_dist.cli", "run", "--plain",
+                             "--nproc-per-node", "2", "--master-port", "0", "--debug",
+                             "--debug-port", "0", "--wait-for-client", str(script)], cwd=work,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    while not vscode.exists():
+        time.sleep(0.2)
+    import json
+
+    config = next(c for c in json.loads(vscode.read_text())["configurations"]
+                  if c["name"] == "fi-dist: attach all ranks")
+    client = JobClient(config)
+    client.attach()
+    client.wait_children(2, timeout=120)
+    proc.wait(600)
+    client.close()
+    return _step_ms(log.read_text())
+
+
+def run_p1(reps: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        script = work / "p1_train.py"
+        script.write_text(P1_SCRIPT)
+        plain, debug = [], []
+        for _ in range(reps):
+            plain.append(p1_plain(script, work))
+            debug.append(p1_debug(script, work))
+        b, c = statistics.median(plain), statistics.median(debug)
+        print(f"P1 step time ms: torchrun {b:.3f}  fi-dist --debug + client {c:.3f}  "
+              f"ratio {c / b:.3f} (goal <= 1.03); runs {plain} / {debug}", flush=True)
+
+
+def run_p34(world: int, reps: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = StandaloneHub(Path(tmp))
+        try:
+            hub.start_ranks(world, per_node=4)
+            work_line = marker_line(hub.script, "LIGHT-WORK-LINE")
+            last_line = marker_line(hub.script, "LIGHT-LAST-LINE")
+            _wait_registered(hub, world)
+            p3, p4 = [], []
+            for _ in range(reps):
+                p3.append(_attach_to_all_stopped(hub, world, work_line))
+                p4.append(_first_to_all_stopped(hub, world, last_line))
+            print(f"P3 {world} ranks ({world // 4} nodes x 4): attach -> all stopped "
+                  f"median {statistics.median(p3):.3f} s  runs {[round(v, 3) for v in p3]}",
+                  flush=True)
+            print(f"P4 {world} ranks: first stopped -> all stopped median "
+                  f"{statistics.median(p4) * 1000:.1f} ms  "
+                  f"runs {[round(v * 1000, 1) for v in p4]}", flush=True)
+        finally:
+            hub.stop()
+
+
+def _wait_registered(hub: StandaloneHub, world: int, timeout: float = 600) -> None:
+    # A throwaway attach: every rank announced and its adapter up, so P3 times the attach
+    # itself and not the ranks' start (debugpy.listen spawns an adapter per rank).
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        client = JobClient(hub.config)
+        client.attach()
+        try:
+            client.wait_children(world, timeout=20)
+            return
+        except Exception:
+            continue
+        finally:
+            client.close()
+            time.sleep(0.5)
+    raise RuntimeError(f"{world} ranks never all connected")
+
+
+def _attach_to_all_stopped(hub: StandaloneHub, world: int, line: int) -> float:
+    t0 = time.perf_counter()
+    client = JobClient(hub.config, breakpoints={str(hub.script): [line]})
+    client.attach()
+    children = client.wait_children(world, timeout=120)
+    last = max(c.wait_event("stopped", timeout=120)["_t"] for c in children.values())
+    client.close()
+    time.sleep(1.0)
+    return last - t0
+
+
+def _first_to_all_stopped(hub: StandaloneHub, world: int, line: int) -> float:
+    client = JobClient(hub.config)
+    client.attach()
+    children = client.wait_children(world, timeout=120)
+    time.sleep(0.5)
+    last_rank = world - 1
+    children[last_rank].request("setBreakpoints", {"source": {"path": str(hub.script)},
+                                                   "breakpoints": [{"line": line}]})
+    stops = {r: c.wait_event("stopped", timeout=120) for r, c in children.items()}
+    assert stops[last_rank]["body"]["reason"] == "breakpoint"
+    first = stops[last_rank]["_t"]
+    spread = max(s["_t"] for s in stops.values()) - first
+    client.close()
+    time.sleep(1.0)
+    return spread
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--p1", action="store_true", help="run the step-time overhead benchmark")
+    p.add_argument("--p1-reps", type=int, default=3)
+    p.add_argument("--p34", type=int, nargs="*", default=[], metavar="RANKS",
+                   help="run P3/P4 with these rank counts (e.g. 16 64)")
+    p.add_argument("--reps", type=int, default=3)
+    args = p.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, {sys.platform}, python {sys.version.split()[0]}")
+    if args.p1:
+        run_p1(args.p1_reps)
+    for world in args.p34:
+        run_p34(world, args.reps)
+
+
+if __name__ == "__main__":
+    main()
