@@ -24,6 +24,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,7 @@ def reload_function(fn: Callable[..., Any], file: str | None) -> Callable[..., A
     if spec is None or spec.loader is None:
         return fn
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # flytekit's @task looks its function's module up here
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the edit does not even import: the rank fails with it

@@ -43,8 +43,9 @@ log = logging.getLogger("fi_dist.resume")
 
 RESUME_EXIT_CODE = 198
 """A rank that ends for a resume exits with this (>= 128: retryable for fi-dist's launchers)."""
-SHIPPED_SUFFIXES = (".py", ".yaml", ".yml", ".toml", ".json", ".cfg", ".ini", ".txt", ".sh")
-"""Which files under the source root count as source."""
+SHIPPED_SUFFIXES = (".py", ".pyi", ".yaml", ".yml", ".toml", ".cfg", ".ini")
+"""Which files under the source root count as source (code and config; not the JSON,
+text and data a running job writes next to its code)."""
 SKIPPED_DIRS = {"__pycache__", "node_modules", ".git", ".vscode", ".fi-dist", ".tools",
                 ".venv", "venv"}
 MAX_FILE = 1 << 20
