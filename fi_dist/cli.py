@@ -70,8 +70,8 @@ def _add_attach(sub: argparse._SubParsersAction) -> None:
                    help="print the 'fi-dist: attach all ranks' configuration as JSON")
     # With JOB: a cluster job; port-forward to its Master pod's hub (docs/launchers.md).
     add_job_arguments(p, required=False)
-    p.add_argument("--local-port", type=int, default=0,
-                   help="local port of the forward to the hub (default: a free one)")
+    p.add_argument("--local-port", type=int, default=None,
+                   help="local port of the forward to the hub (default: the hub's port)")
     p.set_defaults(func=cmd_attach)
 
 
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preempt(sub)
     _add_status(sub)
     _add_attach(sub)
+    _add_resume(sub)
     _add_job_commands(sub)
     return parser
 
@@ -269,6 +270,34 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if not args.print_config:
         print("paste this into .vscode/launch.json (the hub already wrote it in the job's "
               "working directory) and start it in VSCode's Run and Debug view", file=sys.stderr)
+    return 0
+
+
+def _add_resume(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("resume", help="ship edited source to every rank of an "
+                       "@interactive_pytorch job and restart them from the last checkpoint")
+    p.add_argument("--session", default=None, help="the session file (default: "
+                   ".vscode/fi-dist-session.json here or in a parent directory)")
+    p.set_defaults(func=cmd_resume)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fi_dist.runtime import resume
+
+    path = Path(args.session) if args.session else None
+    if path is None:
+        here = Path.cwd()
+        path = next((d / resume.SESSION_FILE for d in (here, *here.parents)
+                     if (d / resume.SESSION_FILE).is_file()), here / resume.SESSION_FILE)
+    try:
+        answer = resume.request_resume(resume.read_session(path))
+    except resume.ResumeError as exc:
+        raise ConfigError(str(exc)) from None
+    files = ", ".join(answer.get("files") or []) or "no changed files"
+    print(f"fi-dist: resume generation {answer.get('generation')}: shipped {files}; every "
+          "rank restarts from the last checkpoint")
     return 0
 
 

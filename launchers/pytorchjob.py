@@ -123,8 +123,12 @@ class PyTorchJobLauncher(Launcher):
         secret = self.cluster.core.read_namespaced_secret(f"{name}-fi-dist-debug", namespace)
         return base64.b64decode(secret.data[manifest.TOKEN_KEY]).decode()
 
-    def attach(self, job_id: str, local_port: int = 0) -> tuple[Any, dict[str, Any]]:
-        """Port-forward to the Master pod's hub; returns (forwarder, launch config)."""
+    def attach(self, job_id: str, local_port: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Port-forward to the Master pod's hub; returns (forwarder, launch config).
+
+        The local port defaults to the hub's own port: the hub tells the IDE to open
+        each rank's session at ``127.0.0.1:<hub port>``, which then is the forward too.
+        """
         from fi_dist.k8s.portforward import PortForward
 
         ns, name, obj = self._job(job_id)
@@ -134,8 +138,15 @@ class PyTorchJobLauncher(Launcher):
         if manifest.HUB_PORT_NAME not in ports:
             raise LauncherError(f"{job_id} was not started with debugging on (no "
                                 f"{manifest.HUB_PORT_NAME} port on its Master)")
-        fwd = PortForward(self.cluster.core, ns, f"{name}-master-0",
-                          ports[manifest.HUB_PORT_NAME], local_port).start()
+        remote = ports[manifest.HUB_PORT_NAME]
+        try:
+            fwd = PortForward(self.cluster.core, ns, f"{name}-master-0", remote,
+                              remote if local_port is None else local_port).start()
+        except OSError as exc:
+            raise LauncherError(f"cannot listen on 127.0.0.1:{local_port or remote} for the "
+                                f"forward ({exc.strerror}); pick another with --local-port "
+                                "(the IDE's per-rank sessions then need the hub port free)"
+                                ) from None
         return fwd, attach_config("127.0.0.1", fwd.local_port, self.hub_token(ns, name))
 
 

@@ -139,8 +139,19 @@ def ensure_ray(num_cpus: int) -> bool:
         raise LauncherError(f"a local Ray must be started with {LOCAL_RAY_ENV} in the "
                             "environment before ray is imported (it would listen beyond "
                             "loopback)")
-    ray.init(num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    for attempt in range(1, 4):
+        try:
+            ray.init(num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+            return True
+        except Exception as exc:
+            # Ray 2.60 gives a new raylet a fixed 30 s to register; a loaded machine
+            # misses that now and then. Start over (a clean shutdown first).
+            if "timed out during startup" not in str(exc) or attempt == 3:
+                raise
+            print(f"fi-dist: Ray did not start in time ({exc}); retrying ({attempt}/2)",
+                  file=sys.stderr)
+            ray.shutdown()
     return True
 
 

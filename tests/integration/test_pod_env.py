@@ -59,8 +59,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_pods(documents: list[dict], cwd: Path) -> dict[int, dict]:
-    """Start every pod's container command with its derived env; each rank's PROBE view."""
+def start_pods(documents: list[dict], cwd: Path) -> list[tuple[operator.Pod, subprocess.Popen]]:
+    """Start every pod's container command with its derived env."""
     pods = operator.pod_envs(documents, pod_ip)
     dns = {pod.name: pod_ip(pod) for pod, _ in pods}  # the headless Services' records
     procs = []
@@ -72,6 +72,12 @@ def run_pods(documents: list[dict], cwd: Path) -> dict[int, dict]:
         procs.append((pod, subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True,
                                             start_new_session=True)))
+    return procs
+
+
+def run_pods(documents: list[dict], cwd: Path) -> dict[int, dict]:
+    """Run every pod to its end; each rank's PROBE view."""
+    procs = start_pods(documents, cwd)
     views: dict[int, dict] = {}
     output = []
     try:
