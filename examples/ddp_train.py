@@ -67,7 +67,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(device)
     torch.manual_seed(args.seed)
     model = make_model(args.hidden).to(device)
-    ddp = DDP(model, device_ids=[local_rank] if use_cuda else None)
+    resumable = bool(args.ckpt_dir and args.ckpt_every > 0)
+    # A new DDP reduces its first iterations in one bucket in registration order, later
+    # ones in buckets in backward order; with > 2 ranks the ring sum of an element
+    # depends on where it sits, so the DDP rebuilt on resume would differ in the last
+    # bits. One bucket per parameter at every age makes a resumed run bit-exact.
+    bucket = {"bucket_cap_mb_list": [1e-6]} if resumable else {}
+    ddp = DDP(model, device_ids=[local_rank] if use_cuda else None, **bucket)
     opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9)
     loss_fn = nn.MSELoss()
 

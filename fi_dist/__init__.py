@@ -5,5 +5,23 @@ from __future__ import annotations
 from fi_dist.errors import ConfigError, FiDistError
 from fi_dist.spec import DebugSpec, JobSpec, ResourceSpec
 
-__all__ = ["ConfigError", "DebugSpec", "FiDistError", "JobSpec", "ResourceSpec", "__version__"]
+__all__ = ["Checkpointer", "ConfigError", "breakpoint", "DebugSpec", "FiDistError", "JobSpec", "ResourceSpec",
+           "__version__", "interactive_pytorch"]
 __version__ = "0.1.0"
+
+# Public names whose modules import torch: resolved on first use, so `import fi_dist`
+# stays light on the client side.
+_LAZY = {"Checkpointer": "fi_dist.runtime.checkpoint",
+         "breakpoint": "fi_dist.runtime.debug.api",
+         "interactive_pytorch": "fi_dist.integrations.flyte"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fi_dist' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

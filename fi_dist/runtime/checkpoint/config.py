@@ -1,0 +1,73 @@
+"""Checkpointer options, validated where they are made."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from fi_dist import env_vars as ev
+from fi_dist.errors import ConfigError
+
+DEFAULT_GRACE_PERIOD = 30.0
+PREEMPTED_EXIT_CODE = 143
+"""128 + SIGTERM: what PyTorchJob's ``restartPolicy: ExitCode`` and Flyte retry."""
+
+
+def grace_from_env(env: dict[str, str] | None = None) -> float:
+    """FI_DIST_GRACE_PERIOD (set by launchers), else 30 s.
+
+    Raises:
+        ConfigError: the variable is not a non-negative number.
+    """
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    raw = env.get(ev.FI_DIST_GRACE_PERIOD)
+    if not raw:
+        return DEFAULT_GRACE_PERIOD
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{ev.FI_DIST_GRACE_PERIOD}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise ConfigError(f"{ev.FI_DIST_GRACE_PERIOD}={raw!r} must be >= 0")
+    return value
+
+
+@dataclass
+class CheckpointConfig:
+    """How a :class:`~fi_dist.runtime.checkpoint.Checkpointer` saves and stops."""
+
+    every: int = 0
+    """Save every N completed steps inside ``steps()`` (0: only on preemption / by hand)."""
+    keep_last: int | None = 3
+    """Complete checkpoints to keep (None: all). Incomplete ones never count."""
+    grace_period: float | None = None
+    """Seconds from the preemption signal to SIGKILL; None: FI_DIST_GRACE_PERIOD or 30."""
+    signals: tuple[str, ...] = ("SIGTERM",)
+    """Signals that mean "you are being preempted" (SIGTERM, SIGINT, SIGUSR1 ...)."""
+    async_save: bool = True
+    """Copy state to host memory, then write it in a background thread."""
+    exit_code: int = PREEMPTED_EXIT_CODE
+    """Process exit status after a preemption save (143 is retried by the operator)."""
+    commit_timeout: float = 600.0
+    """Seconds a rank waits for the other ranks' parts / the coordinator's commit."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """Passed to fsspec (e.g. ``client_kwargs={"endpoint_url": ...}`` for s3://)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or self.every < 0:
+            raise ConfigError(f"every must be an integer >= 0, got {self.every!r}")
+        if self.keep_last is not None and (not isinstance(self.keep_last, int)
+                                           or self.keep_last < 1):
+            raise ConfigError(f"keep_last must be an integer >= 1 or None, got {self.keep_last!r}")
+        if self.grace_period is None:
+            self.grace_period = grace_from_env()
+        elif not isinstance(self.grace_period, int | float) or self.grace_period < 0:
+            raise ConfigError(f"grace_period must be seconds >= 0, got {self.grace_period!r}")
+        if isinstance(self.signals, str):
+            self.signals = (self.signals,)
+        self.signals = tuple(self.signals)
+        if not 0 <= self.exit_code <= 255:
+            raise ConfigError(f"exit_code must be in 0..255, got {self.exit_code!r}")
+        if self.commit_timeout <= 0:
+            raise ConfigError(f"commit_timeout must be > 0, got {self.commit_timeout!r}")

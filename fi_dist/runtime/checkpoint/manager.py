@@ -1,0 +1,258 @@
+"""The Checkpointer: resume on start, save every N steps, save-and-exit on preemption.
+
+::
+
+    ckpt = Checkpointer(dir, model=ddp, optimizer=opt, scheduler=sched, every=100)
+    for step in ckpt.steps(total):      # resumes from the latest complete checkpoint
+        train_one_step(step)
+
+Per step boundary the loop pays a heartbeat (a clock read), one tiny all_reduce (the
+preemption agreement) and, every N steps, a host-memory copy of the state (async save).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from fi_dist.runtime import heartbeat
+from fi_dist.runtime.checkpoint import layout, loader, writer
+from fi_dist.runtime.checkpoint.config import CheckpointConfig
+from fi_dist.runtime.checkpoint.preemption import PreemptionMonitor, parse_signals
+from fi_dist.runtime.checkpoint.state import is_sharded, rng_state, state_of, to_host, unwrap
+from fi_dist.runtime.checkpoint.storage import Storage
+
+log = logging.getLogger("fi_dist.checkpoint")
+
+
+def _dist() -> Any:
+    import torch.distributed as dist  # noqa: PLC0415
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+class Checkpointer:
+    """Preemption-safe checkpoint-and-resume for one training loop (every rank makes one).
+
+    Args:
+        dir: local directory or fsspec URL (``s3://bucket/run``) shared by all ranks.
+        model: the model (DDP-wrapped is fine; FSDP/DTensor models go through DCP).
+        optimizer, scheduler: saved and restored with the model when given.
+        data_state: an object with ``state_dict()/load_state_dict()`` for the data
+            position (a sampler, a StatefulDataLoader), saved per rank.
+        **options: :class:`CheckpointConfig` fields (every, keep_last, grace_period,
+            signals, async_save, exit_code, commit_timeout, storage_options).
+
+    Must be created on the main thread after ``init_process_group`` (it is collective).
+    """
+
+    def __init__(self, dir: str, *, model: torch.nn.Module, optimizer: Any = None,
+                 scheduler: Any = None, data_state: Any = None, **options: Any) -> None:
+        self.cfg = CheckpointConfig(**options)
+        self.storage = Storage(str(dir), self.cfg.storage_options)
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.data_state = data_state
+        self.sharded = is_sharded(unwrap(model))
+        dist = _dist()
+        self.rank = dist.get_rank() if dist else 0
+        self.world_size = dist.get_world_size() if dist else 1
+        self.group = None
+        store = None
+        if dist:
+            # Agreement and part exchange must not ride on NCCL (CPU tensors, side threads).
+            if dist.get_backend() != "gloo":
+                self.group = dist.new_group(backend="gloo")
+            store = dist.PrefixStore("fi_dist/", dist.distributed_c10d._get_default_store())
+            box = [uuid.uuid4().hex[:8]]
+            dist.broadcast_object_list(box, src=0, group=self.group)
+            self.nonce = box[0]
+        else:
+            self.nonce = uuid.uuid4().hex[:8]
+        self.exchange = writer.PartExchange(store, self.cfg.commit_timeout)
+        self.monitor = PreemptionMonitor(parse_signals(self.cfg.signals), self.rank, store)
+        self.monitor.install()
+        self.bg = writer.BackgroundWriter()
+        self.start_step: int | None = None
+        self.last_saved: int | None = None
+        self.step_seconds: float | None = None
+        self.save_seconds: float | None = None
+        """Measured time of the last save as if it were synchronous (copy + write + commit)."""
+        self.stall_seconds: float | None = None
+        """How long the last save held the training loop."""
+        self._pending: tuple[int, float] | None = None
+        self._warned_deadline = False
+        self._closed = False
+
+    # --- resume -------------------------------------------------------------------
+    def resume(self) -> int:
+        """Load the latest complete checkpoint (collective); returns the step to start from."""
+        if self.start_step is None:
+            self.start_step = loader.resume(self)
+            self.last_saved = self.start_step or None
+        return self.start_step
+
+    # --- the loop -------------------------------------------------------------------
+    def steps(self, total: int) -> Iterator[int]:
+        """Yield the steps still to run; save every ``every`` steps; stop on preemption."""
+        start = self.resume()
+        hb = heartbeat.current()
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            yield step
+            self.step_seconds = time.perf_counter() - t0
+            done = step + 1
+            hb.step(step)
+            self.check_preemption(done)
+            self.maybe_save(done)
+        self.finish()
+        self.close()
+
+    def maybe_save(self, step: int) -> bool:
+        """Save if ``step`` (completed steps) is a multiple of ``every``; True if it did."""
+        if self.cfg.every and step % self.cfg.every == 0 and step != self.last_saved:
+            self.save(step, reason="periodic")
+            return True
+        return False
+
+    def check_preemption(self, step: int) -> None:
+        """Step-boundary agreement; on preemption save ``step``, commit and exit (collective)."""
+        agreed, first = self.monitor.agree(self.group)
+        if not agreed:
+            return
+        remaining = (first + self.cfg.grace_period - time.time()) if first else None
+        predicted = self.save_seconds
+        who = self.monitor.remote or f"{self.rank}:{self.monitor.signum}"
+        log.warning("rank %d: preemption (%s): saving step %d; %s s of grace left, last save "
+                    "took %s s", self.rank, who, step, _fmt(remaining), _fmt(predicted))
+        if remaining is not None and predicted is not None and predicted > remaining:
+            log.warning("rank %d: the save (~%.1f s) may not finish within the %.1f s left of "
+                        "the grace period", self.rank, predicted, remaining)
+        if step != self.last_saved:
+            self.save(step, reason="preemption", block=True)
+        self.finish()
+        if self.rank == 0:
+            log.warning("preempted: checkpoint of step %d committed; exiting %d",
+                        step, self.cfg.exit_code)
+            print(f"fi-dist: preempted: checkpoint of step {step} committed, exit "
+                  f"{self.cfg.exit_code}", flush=True)
+        heartbeat.current().state("preempted", checkpoint_step=step)
+        self.close()
+        raise SystemExit(self.cfg.exit_code)
+
+    @property
+    def preempted(self) -> bool:
+        """This rank knows of a preemption signal (not yet agreed)."""
+        return self.monitor.requested
+
+    # --- saving -----------------------------------------------------------------------
+    def save(self, step: int, *, reason: str = "manual", block: bool | None = None) -> None:
+        """Save ``step`` (collective: every rank calls it with the same step).
+
+        Copies the state to host memory, then writes it (in the background when
+        ``async_save`` and not ``block``). At most one save is in flight: a new one
+        first waits for the previous.
+        """
+        block = (not self.cfg.async_save) if block is None else block
+        t0 = time.perf_counter()
+        self.bg.wait()
+        self._account_finished()
+        final = self.storage.join(layout.step_dirname(step))
+        if self.storage.atomic_rename:
+            workdir = self.storage.join(f"{layout.TMP_PREFIX}{layout.step_dirname(step)}-"
+                                        f"{self.nonce}")
+            prefix = ""
+        else:
+            workdir, prefix = final, f"{self.nonce}/"
+        meta = {"reason": reason, "time": time.time(), "prefix": prefix}
+        extra: dict[str, layout.FileEntry] = {}
+        if self.sharded:
+            extra = loader.save_sharded(self, workdir, prefix)
+        files = self._host_files()
+        plan = writer.SavePlan(step, self.rank, self.world_size, self.nonce, workdir, final,
+                               files, "sharded" if self.sharded else "replicated", meta, extra,
+                               prefix)
+        self.stall_seconds = time.perf_counter() - t0
+        copy_seconds = self.stall_seconds
+
+        def job() -> None:
+            writer.run_save(self.storage, self.exchange, plan, self._retention)
+
+        if block or self.sharded:
+            job()
+            writer.wait_committed(self.exchange, self.nonce, step, self.cfg.commit_timeout)
+            self.save_seconds = time.perf_counter() - t0
+            self.stall_seconds = self.save_seconds
+            self._check_deadline()
+        else:
+            self._pending = (step, copy_seconds)
+            self.bg.submit(job, step)
+        self.last_saved = step
+
+    def _host_files(self) -> dict[str, Any]:
+        files: dict[str, Any] = {}
+        if not self.sharded and self.rank == 0:
+            files["model.pt"] = to_host(unwrap(self.model).state_dict())
+            if self.optimizer is not None:
+                files["optimizer.pt"] = to_host(state_of(self.optimizer))
+        if self.rank == 0 and self.scheduler is not None:
+            files["scheduler.pt"] = to_host(state_of(self.scheduler))
+        rank_state: dict[str, Any] = {"rng": loader.portable_rng(rng_state())}
+        if self.data_state is not None:
+            rank_state["data"] = to_host(state_of(self.data_state))
+        files[f"rank-{self.rank:05d}.pt"] = rank_state
+        return files
+
+    def _account_finished(self) -> None:
+        if self._pending is not None and self.bg.last_seconds is not None:
+            step, copy_seconds = self._pending
+            self.save_seconds = copy_seconds + self.bg.last_seconds
+            self._pending = None
+            self._check_deadline()
+
+    def _check_deadline(self) -> None:
+        if self._warned_deadline or self.save_seconds is None:
+            return
+        need = self.save_seconds + (self.step_seconds or 0.0)
+        if need > float(self.cfg.grace_period or 0):
+            self._warned_deadline = True
+            log.warning("rank %d: one step (%.2f s) + one save (%.2f s) = %.2f s exceeds the "
+                        "%.1f s grace period: a preemption would be killed before its save "
+                        "commits", self.rank, self.step_seconds or 0.0, self.save_seconds, need,
+                        self.cfg.grace_period)
+
+    def _retention(self) -> None:
+        if self.cfg.keep_last is None:
+            return
+        complete, _ = layout.scan(self.storage)
+        for cand in complete[self.cfg.keep_last:]:
+            self.storage.rm(cand.path)
+
+    # --- ending ------------------------------------------------------------------------
+    def wait(self) -> None:
+        """Wait for the save in flight (this rank's part; rank 0: the commit)."""
+        self.bg.wait()
+        self._account_finished()
+
+    def finish(self) -> None:
+        """Wait until the last save is written AND committed on every rank."""
+        self.wait()
+        if self.last_saved is not None and self.last_saved != self.start_step:
+            writer.wait_committed(self.exchange, self.nonce, self.last_saved,
+                                  self.cfg.commit_timeout)
+
+    def close(self) -> None:
+        """Restore the signal handlers and stop the watcher (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.monitor.uninstall()
+
+
+def _fmt(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"

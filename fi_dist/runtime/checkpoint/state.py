@@ -1,0 +1,93 @@
+"""What a checkpoint holds and how it leaves the training loop: state dicts, RNG, host copies."""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import torch
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DistributedDataParallel / DataParallel (saved without ``module.``)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel  # noqa: PLC0415
+
+    while isinstance(model, DistributedDataParallel | DataParallel):
+        model = model.module
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True when parameters are DTensors (FSDP2, tensor parallel) or the model is FSDP1."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel  # noqa: PLC0415
+        from torch.distributed.tensor import DTensor  # noqa: PLC0415
+    except ImportError:  # a torch built without distributed
+        return False
+    if isinstance(model, FullyShardedDataParallel):
+        return True
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states: python, numpy, torch CPU and every CUDA device."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np  # noqa: PLC0415
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (missing parts are left alone)."""
+    if "python" in state:
+        random.setstate(state["python"])
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np  # noqa: PLC0415
+
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def to_host(obj: Any) -> Any:
+    """A deep copy of ``obj`` whose tensors live in host memory, detached from training.
+
+    This copy is the only part of an async save that stalls the loop: after it, the
+    optimizer may change the live tensors while the copy is written in the background.
+    """
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        return t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone()
+    if isinstance(obj, dict):
+        return type(obj)((k, to_host(v)) for k, v in obj.items()) if type(obj) is not dict \
+            else {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_host(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_host(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def state_of(obj: Any) -> Any:
+    """``obj.state_dict()`` for torch-style stateful objects."""
+    fn = getattr(obj, "state_dict", None)
+    if not callable(fn):
+        raise TypeError(f"{type(obj).__name__} has no state_dict(); pass an object with "
+                        "state_dict()/load_state_dict()")
+    return fn()
+
+
+def load_into(obj: Any, state: Any) -> None:
+    fn = getattr(obj, "load_state_dict", None)
+    if not callable(fn):
+        raise TypeError(f"{type(obj).__name__} has no load_state_dict()")
+    fn(state)

@@ -1,0 +1,203 @@
+"""Writing one checkpoint: every rank writes its files, the coordinator commits.
+
+The protocol (the same for a synchronous and a background save):
+
+1. every rank writes its files into the save's directory (a temporary directory on a
+   local file system), fsync'd, hashing the bytes as they are written;
+2. every rank publishes ``{file: size, sha256}`` (or its error) under the save's key
+   in the c10d store (a plain dict in a single process): no collective, so this
+   works from a background thread while the loop runs its own collectives;
+3. the coordinator (rank 0) waits for all parts, writes the manifest LAST, fsyncs and
+   renames the directory into place, applies ``keep_last``, and publishes the outcome;
+4. a rank that must not exit before the commit (preemption, end of training) waits
+   for that outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fi_dist.runtime.checkpoint import layout
+from fi_dist.runtime.checkpoint.storage import Storage
+
+log = logging.getLogger("fi_dist.checkpoint")
+
+
+@dataclass
+class SavePlan:
+    """One rank's part of one save."""
+
+    step: int
+    rank: int
+    world_size: int
+    nonce: str
+    workdir: str
+    """Where the files go: a temporary directory, or the final one on object stores."""
+    final: str
+    files: dict[str, Any]
+    """File name (relative to ``workdir``) -> host-memory object for ``torch.save``."""
+    mode: str = "replicated"
+    meta: dict[str, Any] = field(default_factory=dict)
+    extra_entries: dict[str, layout.FileEntry] = field(default_factory=dict)
+    """Files already written by someone else (DCP) that the manifest must list."""
+    prefix: str = ""
+    """Subdirectory of ``final`` the files live in on object stores (see layout)."""
+
+
+class PartExchange:
+    """Parts and outcomes of saves, through the c10d store or (one process) a dict."""
+
+    def __init__(self, store: Any = None, timeout: float = 600.0) -> None:
+        self.store = store
+        self.timeout = timeout
+        self._local: dict[str, str] = {}
+        self._cond = threading.Condition()
+
+    def set(self, key: str, value: str) -> None:
+        if self.store is not None:
+            self.store.set(key, value)
+            return
+        with self._cond:
+            self._local[key] = value
+            self._cond.notify_all()
+
+    def get(self, key: str, timeout: float | None = None) -> str:
+        timeout = self.timeout if timeout is None else timeout
+        if self.store is not None:
+            deadline = time.monotonic() + timeout
+            # Poll instead of store.wait(): wait() changes the store's global timeout.
+            while not self.store.check([key]):
+                if time.monotonic() > deadline:
+                    raise layout.CheckpointError(f"timed out after {timeout:g}s waiting for {key}")
+                time.sleep(0.01)
+            return self.store.get(key).decode()
+        with self._cond:
+            if not self._cond.wait_for(lambda: key in self._local, timeout):
+                raise layout.CheckpointError(f"timed out after {timeout:g}s waiting for {key}")
+            return self._local[key]
+
+
+def part_key(nonce: str, step: int, rank: int) -> str:
+    return f"ckpt/{nonce}/{step}/part/{rank}"
+
+
+def done_key(nonce: str, step: int) -> str:
+    return f"ckpt/{nonce}/{step}/done"
+
+
+def write_files(storage: Storage, plan: SavePlan) -> dict[str, layout.FileEntry]:
+    entries: dict[str, layout.FileEntry] = {}
+    for name, obj in plan.files.items():
+        rel = f"{plan.prefix}{name}"
+        with storage.open_write(f"{plan.workdir}/{rel}") as w:
+            torch.save(obj, w)
+        entries[rel] = layout.FileEntry(w.size, w.sha256)
+    return entries
+
+
+def run_save(storage: Storage, exchange: PartExchange, plan: SavePlan,
+             retention: Callable[[], None] | None = None) -> None:
+    """Steps 1-3 of the protocol for this rank; raises what went wrong here."""
+    try:
+        entries = write_files(storage, plan)
+        part: dict[str, Any] = {k: [e.size, e.sha256] for k, e in entries.items()}
+    except BaseException as exc:
+        exchange.set(part_key(plan.nonce, plan.step, plan.rank),
+                     json.dumps({"__error__": f"rank {plan.rank}: {type(exc).__name__}: {exc}"}))
+        raise
+    exchange.set(part_key(plan.nonce, plan.step, plan.rank), json.dumps(part))
+    if plan.rank == 0:
+        commit(storage, exchange, plan, retention)
+
+
+def commit(storage: Storage, exchange: PartExchange, plan: SavePlan,
+           retention: Callable[[], None] | None) -> None:
+    key = done_key(plan.nonce, plan.step)
+    try:
+        files = dict(plan.extra_entries)
+        for r in range(plan.world_size):
+            part = json.loads(exchange.get(part_key(plan.nonce, plan.step, r)))
+            if "__error__" in part:
+                raise layout.CheckpointError(f"step {plan.step} not committed: {part['__error__']}")
+            files.update({k: layout.FileEntry(*v) for k, v in part.items()})
+        manifest = layout.Manifest(step=plan.step, world_size=plan.world_size, mode=plan.mode,
+                                   files=files, meta=plan.meta)
+        data = manifest.to_bytes()
+        if storage.atomic_rename:
+            storage.write_bytes(f"{plan.workdir}/{layout.MANIFEST}", data)
+            if storage.exists(plan.final):
+                storage.rm(plan.final)  # an older, invalid save of the same step
+            storage.rename_dir(plan.workdir, plan.final)
+        else:
+            # No rename on object stores: one PUT of the manifest is the commit.
+            storage.write_bytes(f"{plan.final}/{layout.MANIFEST}", data)
+    except BaseException as exc:
+        exchange.set(key, f"error: {exc}")
+        raise
+    exchange.set(key, "ok")
+    if retention is not None:
+        try:
+            retention()
+        except Exception as exc:  # never fail a committed save over cleanup
+            log.warning("checkpoint retention failed: %s", exc)
+
+
+def wait_committed(exchange: PartExchange, nonce: str, step: int, timeout: float) -> None:
+    """Block until the coordinator committed ``step``.
+
+    Raises:
+        CheckpointError: the commit failed, or did not happen within ``timeout``.
+    """
+    outcome = exchange.get(done_key(nonce, step), timeout)
+    if outcome != "ok":
+        raise layout.CheckpointError(f"checkpoint of step {step} failed on the coordinator: "
+                                     f"{outcome}")
+
+
+class BackgroundWriter:
+    """At most one save in flight, written by a background thread."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last_step: int | None = None
+        self.last_seconds: float | None = None
+        """How long the last background write (and commit, on rank 0) took."""
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, fn: Callable[[], None], step: int) -> None:
+        self.wait()
+        self._error = None
+
+        def body() -> None:
+            t0 = time.perf_counter()
+            try:
+                fn()
+            except BaseException as exc:
+                self._error = exc
+                log.error("background checkpoint of step %d failed: %s", step, exc)
+            self.last_seconds = time.perf_counter() - t0
+
+        self.last_step = step
+        self._thread = threading.Thread(target=body, name=f"fi-dist-save-{step}", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Wait for the save in flight; re-raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
