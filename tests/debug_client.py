@@ -42,7 +42,8 @@ def explode(rank):
 
 
 def main():
-    mode = os.environ.get("JOB_MODE", "none")
+    modes = set(os.environ.get("JOB_MODE", "none").split(","))
+    raise_step = int(os.environ.get("JOB_RAISE_STEP", "2"))
     timeout = timedelta(seconds=float(os.environ.get("JOB_TIMEOUT", "120")))
     dist.init_process_group("gloo", timeout=timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -50,15 +51,18 @@ def main():
     for step in range(5):
         dist.all_reduce(x)
         x = x / world + step
-        if step == 2 and mode == "break":
+        if step == 2 and "break" in modes:
             if rank == world - 1:
                 last_rank_only = step * 10  # LAST-RANK-LINE
             else:
                 spin(float(os.environ.get("JOB_HOLD", "20")))  # OTHERS-SPIN-LINE
-        elif step == 2 and mode == "rank_bp":
+        elif step == 2 and "rank_bp" in modes:
             fi_dist.breakpoint(rank=int(os.environ.get("JOB_BP_RANK", "1")))  # RANK-BP-LINE
             after_breakpoint = step
-        elif step == 2 and mode == "raise" and rank == int(os.environ.get("JOB_RAISE_RANK", "1")):
+        elif step == 2 and "all_bp" in modes:
+            fi_dist.breakpoint()  # ALL-BP-LINE
+            after_breakpoint = step
+        if step == raise_step and "raise" in modes and rank == int(os.environ.get("JOB_RAISE_RANK", "1")):
             explode(rank)
     dist.barrier()
     if rank == 0:

@@ -137,3 +137,22 @@ def test_rank_dying_while_paused_is_reported(hub: StandaloneHub) -> None:
     assert client.evaluate(0, "i * 2", frame["id"]).isdigit()
     client.close()
     assert hub.alive()
+
+
+def test_client_without_start_debugging_gets_debugpy_attach_events(hub: StandaloneHub) -> None:
+    hub.start_ranks(2)
+    root = DapSession("127.0.0.1", hub.ide_port, "plain-client")
+    root.request("initialize", {"adapterID": "debugpy"})  # no supportsStartDebuggingRequest
+    attach = root.send_request("attach", hub.config)
+    root.wait_event("initialized")
+    root.request("configurationDone")
+    root.wait_response(attach)
+    seen = {}
+    while len(seen) < 2:
+        ev = root.wait_event("debugpyAttach", timeout=60)
+        seen[ev["body"]["fiDistRank"]] = ev["body"]
+    for rank, body in seen.items():
+        assert body["name"] == f"rank {rank} (node 0)" and body["request"] == "attach"
+        assert body["connect"] == {"host": "127.0.0.1", "port": hub.ide_port}
+        assert body["fiDistToken"] == hub.token
+    root.close()

@@ -129,7 +129,14 @@ def test_break_on_all_ranks_2x2(tmp_path: Path, baseline: str) -> None:
         assert states[3] == f"paused at debug_job.py:{line}"
         assert spin_line  # the others' frames are inside spin(), below this line
 
-        children[3].request("continue", {"threadId": stops[3]["body"]["threadId"]})
+        # A step acts on rank 3 alone: it stops again, the others never run.
+        tid = stops[3]["body"]["threadId"]
+        children[3].request("next", {"threadId": tid})
+        assert children[3].wait_event("stopped", timeout=60)["body"]["reason"] == "step"
+        assert client.top_frame(3, tid)["line"] > line
+        for r in (0, 1, 2):
+            assert all(e.get("event") != "continued" for e in list(children[r].events.queue))
+        children[3].request("continue", {"threadId": tid})
         for r in (0, 1, 2):  # continue on one rank continued every rank
             children[r].wait_event("continued", timeout=30)
         client.close()
@@ -174,6 +181,33 @@ def test_rank_breakpoint_survives_short_timeouts(tmp_path: Path, baseline: str) 
         job.stop()
 
 
+def test_breakpoint_all_ranks_then_post_mortem_without_client(tmp_path: Path) -> None:
+    """fi_dist.breakpoint() stops every rank at one line; after the client left, rank 1
+    raises, waits --post-mortem-wait for a client, and the job fails with the root cause."""
+    job = DebugJob(tmp_path, 2, 1, {"JOB_MODE": "all_bp,raise", "JOB_RAISE_STEP": "3"},
+                   extra=("--wait-for-client", "--post-mortem-wait", "2"))
+    client = None
+    try:
+        client = JobClient(job.config)
+        client.attach()
+        children = client.wait_children(2, timeout=120)
+        stops = {r: c.wait_event("stopped", timeout=120) for r, c in children.items()}
+        line = marker_line(job.script, "ALL-BP-LINE") + 1
+        for r, stop in stops.items():
+            assert client.top_frame(r, stop["body"]["threadId"])["line"] == line
+            assert stop["body"]["reason"] != "pause"  # stopped there itself, not by the hub
+        client.close()  # leaving resumes every rank
+        client = None
+        assert job.wait(240) != 0
+        out = job.output()
+        assert "waiting 2s for a debugger client" in out
+        assert "ValueError: boom on rank 1" in out
+    finally:
+        if client is not None:
+            client.close()
+        job.stop()
+
+
 def test_post_mortem_stops_at_raise_and_shows_blocked_peer(tmp_path: Path) -> None:
     job = DebugJob(tmp_path, 2, 1, {"JOB_MODE": "raise", "JOB_RAISE_RANK": "1"},
                    extra=("--wait-for-client", "--post-mortem-wait", "60"))
@@ -202,18 +236,6 @@ def test_post_mortem_stops_at_raise_and_shows_blocked_peer(tmp_path: Path) -> No
     finally:
         if client is not None:
             client.close()
-        job.stop()
-
-
-def test_post_mortem_without_client_fails_normally(tmp_path: Path) -> None:
-    job = DebugJob(tmp_path, 2, 1, {"JOB_MODE": "raise", "JOB_RAISE_RANK": "1"},
-                   extra=("--post-mortem-wait", "2"))
-    try:
-        assert job.wait(240) != 0
-        out = job.output()
-        assert "waiting 2s for a debugger client" in out
-        assert "ValueError: boom on rank 1" in out
-    finally:
         job.stop()
 
 
