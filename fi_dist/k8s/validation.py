@@ -66,8 +66,10 @@ def crd_schema(crd: dict[str, Any], version: str) -> dict[str, Any]:
 def _load_crd(path: str) -> dict[str, Any]:
     import yaml
 
+    # CRDs are large (up to 1.4 MB): libyaml's loader is ~10x faster when available.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(path) as fh:
-        return yaml.safe_load(fh)
+        return yaml.load(fh, Loader=loader)  # noqa: S506 - a safe loader
 
 
 def load_crd(kind: str, crds_dir: Path | None = None) -> dict[str, Any]:

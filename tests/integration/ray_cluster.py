@@ -20,10 +20,25 @@ from ray.cluster_utils import Cluster  # noqa: E402
 NODE = {"num_cpus": 2, "object_store_memory": 80 * 1024 * 1024}
 
 
+def start() -> tuple[Cluster, object]:
+    # Ray 2.60 gives each raylet a fixed 30 s to register; a loaded machine can miss it.
+    for attempt in range(3):
+        cluster = Cluster()
+        try:
+            cluster.add_node(**NODE, include_dashboard=False)
+            worker = cluster.add_node(**NODE)
+            cluster.wait_for_nodes()
+            return cluster, worker
+        except Exception as exc:
+            print(f"cluster start failed ({exc}); retrying", file=sys.stderr, flush=True)
+            cluster.shutdown()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def main() -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
-    worker = cluster.add_node(**NODE)
-    cluster.wait_for_nodes()
+    cluster, worker = start()
     print(f"ADDRESS {cluster.address}", flush=True)
     try:
         for line in sys.stdin:

@@ -97,7 +97,9 @@ def run_pods(documents: list[dict], cwd: Path) -> dict[int, dict]:
     return views
 
 
-@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+# With the debug hub: the plain case is the same minus the FI_DIST_DEBUG* variables
+# (asserted absent in test_pytorchjob_dryrun); one run keeps the suite inside its budget.
+@pytest.mark.parametrize("debug", [True], ids=["debug"])
 def test_every_rank_sees_the_job_the_manifest_describes(tmp_path: Path, debug: bool) -> None:
     script = tmp_path / "probe.py"
     script.write_text(PROBE)

@@ -23,6 +23,7 @@ import yaml
 
 from fi_dist.cli import main
 from fi_dist.config import load_spec
+from fi_dist.k8s.validation import load_crd
 from fi_dist.registry import get_launcher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,8 +109,7 @@ def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
 
 @pytest.fixture
 def api(crds_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    crd = yaml.safe_load((crds_dir / "kubeflow.org_pytorchjobs.v1.9.4.yaml").read_text())
-    state = Api(crd)
+    state = Api(copy.deepcopy(load_crd("PyTorchJob", crds_dir)))
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     kubeconfig = tmp_path / "kubeconfig"

@@ -168,17 +168,19 @@ def test_attach_config_written_to_launch_json(tmp_path: Path) -> None:
 def test_cluster_commands_without_kubeconfig_say_so(tmp_path: Path) -> None:
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    for args in (["run", "--launcher", "pytorchjob", "--image", "img:1",
-                  "examples/ddp_train.py"],
-                 ["status", "some-job", "--launcher", "pytorchjob"],
-                 ["logs", "some-job", "--launcher", "pytorchjob"],
-                 ["cancel", "some-job", "--launcher", "pytorchjob"],
-                 ["attach", "some-job", "--launcher", "pytorchjob"]):
-        out = subprocess.run([sys.executable, "-m", "fi_dist.cli", *args], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 2, (args, out.stdout, out.stderr)
-        assert "no Kubernetes cluster configured" in out.stderr, (args, out.stderr)
-        assert "Traceback" not in out.stderr
+    commands = (["run", "--launcher", "pytorchjob", "--image", "img:1", "examples/ddp_train.py"],
+                ["status", "some-job", "--launcher", "pytorchjob"],
+                ["logs", "some-job", "--launcher", "pytorchjob"],
+                ["cancel", "some-job", "--launcher", "pytorchjob"],
+                ["attach", "some-job", "--launcher", "pytorchjob"])
+    running = [(args, subprocess.Popen([sys.executable, "-m", "fi_dist.cli", *args], cwd=REPO,
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)) for args in commands]
+    for args, p in running:
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 2, (args, stdout, stderr)
+        assert "no Kubernetes cluster configured" in stderr, (args, stderr)
+        assert "Traceback" not in stderr
 
 
 def test_missing_image_is_named() -> None:
