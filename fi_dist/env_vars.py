@@ -66,6 +66,8 @@ FI_DIST_INTERACTIVE = "FI_DIST_INTERACTIVE"
 """1 turns on every @interactive_pytorch (0 turns them off, even with enable=True)."""
 FI_DIST_CODE_SERVER = "FI_DIST_CODE_SERVER"
 """Path of the code-server binary (default: .tools/code-server, then PATH)."""
+FI_DIST_CODE_SERVER_EXTENSIONS = "FI_DIST_CODE_SERVER_EXTENSIONS"
+"""Extensions directory for rank 0's code-server (the image's preinstalled debugger)."""
 
 # --- Kubeflow training operator (PyTorchJob pod env) -------------------------------
 MASTER_ADDR = "MASTER_ADDR"

@@ -132,7 +132,8 @@ class CodeServer:
         env.pop("HASHED_PASSWORD", None)
         cmd = [str(self.binary), "--bind-addr", f"{self.cfg.host}:{self.port}",
                "--auth", "password", "--user-data-dir", str(state / "user-data"),
-               "--extensions-dir", str(state / "extensions"), "--disable-telemetry",
+               "--extensions-dir", os.environ.get(ev.FI_DIST_CODE_SERVER_EXTENSIONS)
+               or str(state / "extensions"), "--disable-telemetry",
                "--disable-update-check", "--disable-workspace-trust",
                *self.cfg.extra_args, str(self.cfg.folder)]
         log_path = state / "code-server.log"
