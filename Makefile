@@ -13,6 +13,7 @@ $(STAMP):
 	# The CPU build of torch first, so nothing later pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[all,test]'
+	bash scripts/install_code_server.sh  # code-server 4.100.3 from npm into .tools/ (docs/flyte.md)
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP)

@@ -168,17 +168,48 @@ def _run(cfg: InteractiveConfig, fn: Callable[..., Any], file: str | None, args:
     return result
 
 
+class _Interactive:
+    """The wrapped training function: a plain call when off, a session around it when on.
+
+    A callable object rather than a closure for one reason: flytekit's Elastic task
+    cloudpickles it into ``spawn`` workers, and ``pyflyte run`` has the task's directory
+    on ``sys.path`` only while importing the file, so a worker could not import the
+    module-level helpers the function refers to. :meth:`__reduce__` puts the source root
+    back on the worker's path before the function itself is unpickled.
+    """
+
+    def __init__(self, fn: Callable[..., Any], cfg: InteractiveConfig, file: str | None) -> None:
+        self.fn, self.cfg, self.file = fn, cfg, file
+        functools.update_wrapper(self, fn)
+        setattr(self, MARK, True)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.cfg.enabled():
+            return self.fn(*args, **kwargs)
+        return _run(self.cfg, self.fn, self.file, args, kwargs)
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        # Decorating a method keeps binding like a function does.
+        return self if obj is None else functools.partial(self, obj)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import cloudpickle
+
+        root = str(source_root_of(self.file)) if self.file else None
+        return (_restore, (root, cloudpickle.dumps((self.fn, self.cfg, self.file))))
+
+
+def _restore(root: str | None, payload: bytes) -> _Interactive:
+    if root and root not in sys.path:
+        sys.path.append(root)
+    import cloudpickle
+
+    fn, cfg, file = cloudpickle.loads(payload)
+    return _Interactive(fn, cfg, file)
+
+
 def _wrap(fn: Callable[..., Any], cfg: InteractiveConfig) -> Callable[..., Any]:
-    file = source_file_of(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not cfg.enabled():
-            return fn(*args, **kwargs)
-        return _run(cfg, fn, file, args, kwargs)
-
-    setattr(wrapper, MARK, True)
-    return wrapper
+    return _Interactive(fn, cfg, source_file_of(fn))
 
 
 def _wrap_task(task: Any, cfg: InteractiveConfig) -> Any:

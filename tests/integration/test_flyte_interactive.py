@@ -28,7 +28,7 @@ from fi_dist.runtime import codeserver, resume
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "flyte_workflow.py"
 STEPS = "6"
-CHECKSUM = re.compile(r"final checksum: ([0-9a-f]{16})")
+CHECKSUM = re.compile(r"^(?:final checksum: )?([0-9a-f]{16})$", re.M)  # python / pyflyte run
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -137,10 +137,11 @@ def _checksum(output: str) -> str:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, int]]:
-    """The decorator OFF: checksum of a clean run, and the peak debug process counts."""
+    """The decorator OFF, through `pyflyte run`: checksum of a clean run, debug processes."""
     folder = tmp_path_factory.mktemp("off")
     shutil.copy(EXAMPLE, folder / "flyte_workflow.py")
-    job = Job(folder, "0")
+    pyflyte = str(Path(sys.executable).parent / "pyflyte")
+    job = Job(folder, "0", cmd=[pyflyte, "run", "flyte_workflow.py", "wf", "--steps", STEPS])
     out = job.wait(240)
     assert job.proc.returncode == 0, out[-3000:]
     assert not (folder / resume.SESSION_FILE).exists()
