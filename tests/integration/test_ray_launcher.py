@@ -25,6 +25,12 @@ EXAMPLE = REPO / "examples" / "ddp_train.py"
 HERE = Path(__file__).resolve().parent
 
 
+def train_args(ckpt: Path, *extra: str) -> list[str]:
+    """examples/ddp_train.py, checkpointing every 4 steps (the same on every launcher)."""
+    return [str(EXAMPLE), "--", "--steps", "20", "--ckpt-dir", str(ckpt), "--ckpt-every", "4",
+            *extra]
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fi_dist.cli", *args]
 
@@ -89,7 +95,7 @@ def local_checksum(tmp_path_factory: pytest.TempPathFactory) -> str:
     """examples/ddp_train.py on the local launcher, 2 nodes x 2 ranks."""
     work = tmp_path_factory.mktemp("local")
     out = subprocess.run(cli("run", "--plain", "--nnodes", "2", "--nproc-per-node", "2",
-                             "--master-port", "0", str(EXAMPLE), "--", "--steps", "20"),
+                             "--master-port", "0", *train_args(work / "ckpt")),
                          cwd=work, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return checksum(out.stdout)
@@ -110,7 +116,7 @@ def test_single_node_ray_matches_local(tmp_path: Path, local_checksum: str) -> N
     home = tmp_path / "home"
     home.mkdir()
     out = subprocess.run(cli("run", "--launcher", "ray", "--nnodes", "2", "--nproc-per-node",
-                             "2", str(EXAMPLE), "--", "--steps", "20"),
+                             "2", *train_args(tmp_path / "ckpt")),
                          cwd=tmp_path, env={**no_ray_address(), "HOME": str(home)},
                          capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -137,7 +143,7 @@ def test_two_node_ray_cluster_matches_local(tmp_path: Path, local_checksum: str,
                                             two_nodes: RayCluster) -> None:
     env = {**os.environ, "RAY_ADDRESS": two_nodes.address}
     out = subprocess.run(cli("run", "--config", str(REPO / "configs" / "ray_local_2x2.toml"),
-                             str(EXAMPLE), "--", "--steps", "20"),
+                             *train_args(tmp_path / "ckpt")),
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert checksum(out.stdout) == local_checksum
@@ -147,18 +153,19 @@ def test_two_node_ray_cluster_matches_local(tmp_path: Path, local_checksum: str,
     assert nodes["0"] == nodes["1"] and nodes["2"] == nodes["3"] and nodes["0"] != nodes["2"]
 
 
-def test_preempted_ray_node_restarts_the_job(tmp_path: Path, local_checksum: str,
-                                             two_nodes: RayCluster) -> None:
+def test_preempted_ray_node_resumes_from_the_last_checkpoint(
+        tmp_path: Path, local_checksum: str, two_nodes: RayCluster) -> None:
+    """A Ray node vanishes (no SIGTERM, no agreed save): restart, resume, same result."""
     env = {**os.environ, "RAY_ADDRESS": two_nodes.address}
     log = tmp_path / "job.log"
     with log.open("w") as fh:
         job = subprocess.Popen(cli("run", "--launcher", "ray", "--nnodes", "2",
                                    "--nproc-per-node", "2", "--max-restarts", "1",
-                                   str(EXAMPLE), "--", "--steps", "20", "--step-sleep", "0.5"),
+                                   *train_args(tmp_path / "ckpt", "--step-sleep", "0.4")),
                                cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300
-            while "[node1 rank2] step 5 " not in log.read_text():
+            while "[node1 rank2] step 10 " not in log.read_text():  # checkpoints exist
                 assert job.poll() is None, log.read_text()[-3000:]
                 assert time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(0.3)
@@ -171,6 +178,8 @@ def test_preempted_ray_node_restarts_the_job(tmp_path: Path, local_checksum: str
     text = log.read_text()
     assert "lost its Ray actor" in text
     assert "restarting the job (attempt 1 of 1) after exit 143" in text
-    assert checksum(text) == local_checksum
+    resumed = re.findall(r"resumed from checkpoint step (\d+)", text)
+    assert resumed and int(resumed[0]) >= 4, text[-3000:]
+    assert checksum(text) == local_checksum  # nothing lost, nothing replayed
     info = json.loads((run_dir(tmp_path) / "run.json").read_text())
     assert info["attempt"] == 1 and info["job_state"] == "succeeded"
