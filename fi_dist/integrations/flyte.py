@@ -135,9 +135,7 @@ def reload_function(fn: Callable[..., Any], file: str | None) -> Callable[..., A
     except Exception as exc:  # the edit does not even import: the rank fails with it
         raise RuntimeError(f"reloading {file} after a resume failed: {exc}") from exc
     obj = getattr(module, fn.__name__, None)
-    obj = getattr(obj, "task_function", obj)
-    while obj is not None and getattr(obj, MARK, False):
-        obj = obj.__wrapped__
+    obj = _unwrap(getattr(obj, "task_function", obj))
     return obj if callable(obj) else fn
 
 
@@ -168,29 +166,27 @@ def _run(cfg: InteractiveConfig, fn: Callable[..., Any], file: str | None, args:
     return result
 
 
-class _Interactive:
-    """The wrapped training function: a plain call when off, a session around it when on.
+class _Target:
+    """The decorated function, its options and its file.
 
-    A callable object rather than a closure for one reason: flytekit's Elastic task
-    cloudpickles it into ``spawn`` workers, and ``pyflyte run`` has the task's directory
-    on ``sys.path`` only while importing the file, so a worker could not import the
-    module-level helpers the function refers to. :meth:`__reduce__` puts the source root
-    back on the worker's path before the function itself is unpickled.
+    flytekit's Elastic task cloudpickles the wrapper into ``spawn`` workers, and
+    ``pyflyte run`` has the task's directory on ``sys.path`` only while importing the
+    file, so a worker could not import the module-level helpers the function refers to.
+    :meth:`__reduce__` puts the source root back on the worker's path before the function
+    itself is unpickled. It is also the wrapper's ``__wrapped__`` (with the function's
+    signature and globals), so flytekit reads the task's interface through it.
     """
 
     def __init__(self, fn: Callable[..., Any], cfg: InteractiveConfig, file: str | None) -> None:
         self.fn, self.cfg, self.file = fn, cfg, file
-        functools.update_wrapper(self, fn)
-        setattr(self, MARK, True)
+        self.on: bool | None = None  # the switch, read on the first call in each process
+        self.__wrapped__ = fn  # inspect.unwrap (getsource, type hints) reaches the function
+        self.__signature__ = inspect.signature(fn)
+        self.__globals__ = getattr(fn, "__globals__", {})
+        self.__annotations__ = getattr(fn, "__annotations__", {})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.cfg.enabled():
-            return self.fn(*args, **kwargs)
-        return _run(self.cfg, self.fn, self.file, args, kwargs)
-
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        # Decorating a method keeps binding like a function does.
-        return self if obj is None else functools.partial(self, obj)
+        return self.fn(*args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
         import cloudpickle
@@ -199,17 +195,36 @@ class _Interactive:
         return (_restore, (root, cloudpickle.dumps((self.fn, self.cfg, self.file))))
 
 
-def _restore(root: str | None, payload: bytes) -> _Interactive:
+def _restore(root: str | None, payload: bytes) -> _Target:
     if root and root not in sys.path:
         sys.path.append(root)
     import cloudpickle
 
     fn, cfg, file = cloudpickle.loads(payload)
-    return _Interactive(fn, cfg, file)
+    return _Target(fn, cfg, file)
+
+
+def _unwrap(obj: Any) -> Any:
+    """The user's function under this decorator (a no-op for anything else)."""
+    while getattr(obj, MARK, False):
+        obj = obj.__wrapped__.fn
+    return obj
 
 
 def _wrap(fn: Callable[..., Any], cfg: InteractiveConfig) -> Callable[..., Any]:
-    return _Interactive(fn, cfg, source_file_of(fn))
+    target = _Target(fn, cfg, source_file_of(fn))
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if target.on is None:
+            target.on = target.cfg.enabled()
+        if not target.on:
+            return target.fn(*args, **kwargs)
+        return _run(target.cfg, target.fn, target.file, args, kwargs)
+
+    wrapper.__wrapped__ = target  # type: ignore[attr-defined]
+    setattr(wrapper, MARK, True)
+    return wrapper
 
 
 def _wrap_task(task: Any, cfg: InteractiveConfig) -> Any:

@@ -143,7 +143,7 @@ def test_reload_function_sees_the_edited_file(tmp_path: Path) -> None:
     try:
         import mod_under_edit  # noqa: PLC0415
 
-        fn = mod_under_edit.step.__wrapped__
+        fn = mod_under_edit.step.__wrapped__.fn
         file = source_file_of(fn)
         assert file == str(mod.resolve())
         mod.write_text(mod.read_text().replace("x + 1", "x + 100"))
