@@ -35,6 +35,8 @@ class Summary:
     outcomes: list[RankOutcome]
     root_cause: RootCause | None
     exitcode: int
+    checkpoint_step: int | None = None
+    """The step every rank's Checkpointer committed before a preemption exit."""
 
     @property
     def ok(self) -> bool:
@@ -106,7 +108,10 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
         return Summary(outcomes, None, bad[0].exitcode if bad else 0)  # type: ignore[arg-type]
     root = min(failures, key=lambda c: c.timestamp)
     exitcode = root.exitcode if root.exitcode > 0 else 128 - root.exitcode
-    return Summary(outcomes, root, exitcode)
+    saved = {info.get("checkpoint_step") for info in ranks.values()}
+    # Only when EVERY rank reported the same committed step is the preemption clean.
+    ckpt = saved.pop() if len(saved) == 1 and len(ranks) == world_size else None
+    return Summary(outcomes, root, exitcode, ckpt)
 
 
 def format_summary(summary: Summary) -> str:
@@ -121,6 +126,9 @@ def format_summary(summary: Summary) -> str:
     if summary.root_cause:
         rc = summary.root_cause
         lines.append(f"root cause (first failure): {rc.label}: exit {rc.exitcode}: {rc.message}")
+        if summary.checkpoint_step is not None:
+            lines.append(f"preempted cleanly: every rank committed the checkpoint of step "
+                         f"{summary.checkpoint_step}; a restart resumes there")
         if rc.traceback:
             lines.append(_user_frames(rc.traceback))
     return "\n".join(lines)

@@ -107,6 +107,8 @@ class Checkpointer:
             t0 = time.perf_counter()
             yield step
             self.step_seconds = time.perf_counter() - t0
+            if not self.bg.busy:
+                self._account_finished()
             done = step + 1
             hb.step(step)
             self.check_preemption(done)
@@ -143,7 +145,10 @@ class Checkpointer:
             print(f"fi-dist: preempted: checkpoint of step {step} committed, exit "
                   f"{self.cfg.exit_code}", flush=True)
         heartbeat.current().state("preempted", checkpoint_step=step)
-        self.close()
+        # Keep catching the signals until the process is gone: the node agent forwards
+        # SIGTERM to every worker when the first one exits, and the default action
+        # would turn this clean 143 into "killed by SIGTERM".
+        self.close(restore_signals=False)
         raise SystemExit(self.cfg.exit_code)
 
     @property
@@ -247,11 +252,11 @@ class Checkpointer:
             writer.wait_committed(self.exchange, self.nonce, self.last_saved,
                                   self.cfg.commit_timeout)
 
-    def close(self) -> None:
-        """Restore the signal handlers and stop the watcher (idempotent)."""
+    def close(self, restore_signals: bool = True) -> None:
+        """Stop the watcher and restore the signal handlers (idempotent)."""
         if not self._closed:
             self._closed = True
-            self.monitor.uninstall()
+            self.monitor.uninstall(restore_signals)
 
 
 def _fmt(value: float | None) -> str:

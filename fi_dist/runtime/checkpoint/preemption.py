@@ -88,9 +88,9 @@ class PreemptionMonitor:
                                             daemon=True)
             self._thread.start()
 
-    def uninstall(self) -> None:
+    def uninstall(self, restore_signals: bool = True) -> None:
         self._stop.set()
-        if threading.current_thread() is threading.main_thread():
+        if restore_signals and threading.current_thread() is threading.main_thread():
             for sig, old in self._old.items():
                 signal.signal(sig, old)
         self._old.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 from typing import Any
 
 import torch
@@ -20,14 +21,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def is_sharded(model: torch.nn.Module) -> bool:
     """True when parameters are DTensors (FSDP2, tensor parallel) or the model is FSDP1."""
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel  # noqa: PLC0415
-        from torch.distributed.tensor import DTensor  # noqa: PLC0415
-    except ImportError:  # a torch built without distributed
-        return False
-    if isinstance(model, FullyShardedDataParallel):
+    # A sharded model means its user imported these already; importing them here for
+    # everyone else would cost seconds of start-up.
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None and isinstance(model, fsdp.FullyShardedDataParallel):
         return True
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    if dtensor is None:
+        return False
+    return any(isinstance(p, dtensor.DTensor) for p in model.parameters())
 
 
 def rng_state() -> dict[str, Any]:
