@@ -127,6 +127,18 @@ class RankActor:
             return self.proc.wait()
 
 
+def _bounded(fn: Any, *args: Any, timeout: float = 15.0) -> None:
+    """Call ``fn`` but give up after ``timeout``: after a SIGTERM to the whole process
+    group (``timeout``, CI) the local raylet may be gone and Ray calls block forever."""
+    t = threading.Thread(target=fn, args=args, daemon=True)
+    t.start()
+    t.join(timeout)
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def ensure_ray(num_cpus: int) -> bool:
     """Connect to ``$RAY_ADDRESS`` or start a small loopback Ray; True if we started it."""
     if ray.is_initialized():
@@ -179,6 +191,21 @@ class RayRun:
 
     def run(self) -> None:
         started = ensure_ray(max(self.spec.world_size, 1))
+        # SIGTERM (a CI timeout, `kill`) must unwind like Ctrl-C: the actors are killed
+        # (their ranks die with them) and a Ray started here is shut down, not leaked.
+        # Installed after ray.init, which puts its own crash handler on SIGTERM.
+        old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            self._run(started)
+        except KeyboardInterrupt as exc:
+            self.exitcode = 143 if "signal" in str(exc) else 130
+            self.run_dir.update_run(exitcode=self.exitcode, job_state=JobState.CANCELLED.value)
+            print(f"fi-dist: ray job {self.run_id} stopped ({exc or 'Ctrl-C'})",
+                  file=sys.stderr)
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+
+    def _run(self, started: bool) -> None:
         self.run_dir.logs.mkdir(parents=True, exist_ok=True)
         self._log = open(self.run_dir.logs / "ray.log", "a")  # noqa: SIM115
         self.run_dir.write_run({"run_id": self.run_id, "pid": os.getpid(), "launcher": "ray",
@@ -206,7 +233,7 @@ class RayRun:
     def _attempt(self) -> int:
         pg = placement_group(self.req.bundles, strategy="SPREAD")
         if not pg.wait(timeout_seconds=120):
-            remove_placement_group(pg)
+            _bounded(remove_placement_group, pg)
             raise LauncherError(f"Ray could not place {len(self.req.bundles)} bundles "
                                 f"{self.req.bundles[1:2] or self.req.bundles}: "
                                 f"cluster resources are {ray.cluster_resources()}")
@@ -227,7 +254,7 @@ class RayRun:
                 ray.kill(a)
             # Whatever of this run is left on this machine (a hub whose actor was lost).
             procs.terminate(self.run_id, grace=3.0)
-            remove_placement_group(pg)
+            _bounded(remove_placement_group, pg)
 
     def _drive(self, actors: list[Any]) -> int:
         where = ray.get([a.where.remote() for a in actors])

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 from fi_dist import env_vars as ev
+from fi_dist import procs as procs_mod
 from fi_dist.k8s import operator
 from fi_dist.registry import get_launcher
 from fi_dist.spec import DebugSpec, JobSpec
@@ -78,6 +81,7 @@ def start_pods(documents: list[dict], cwd: Path) -> list[tuple[operator.Pod, sub
 def run_pods(documents: list[dict], cwd: Path) -> dict[int, dict]:
     """Run every pod to its end; each rank's PROBE view."""
     procs = start_pods(documents, cwd)
+    run_id = documents[-1]["metadata"]["name"]
     views: dict[int, dict] = {}
     output = []
     try:
@@ -90,11 +94,21 @@ def run_pods(documents: list[dict], cwd: Path) -> dict[int, dict]:
                     view = json.loads(line.split("PROBE ", 1)[1])
                     views[view["rank"]] = view
     finally:
-        for _, p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, 9)
-                p.wait()
+        stop_pods(run_id, procs)
     return views
+
+
+def stop_pods(run_id: str, procs: list[tuple[operator.Pod, subprocess.Popen]]) -> None:
+    """End every process of the emulated pods (as deleting the pods would).
+
+    torchelastic starts ranks in sessions of their own, so the node agents' process
+    groups do not hold them; every process carries FI_DIST_RUN_ID (the job name).
+    """
+    for _, p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    procs_mod.terminate(run_id, grace=2.0)
 
 
 # With the debug hub: the plain case is the same minus the FI_DIST_DEBUG* variables
@@ -104,7 +118,8 @@ def test_every_rank_sees_the_job_the_manifest_describes(tmp_path: Path, debug: b
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     port = free_port()
-    spec = JobSpec(script=str(script), name="pod-env", nnodes=2, nproc_per_node=2,
+    spec = JobSpec(script=str(script), name=f"pod-env-{uuid.uuid4().hex[:8]}", nnodes=2,
+                   nproc_per_node=2,
                    image="img:1", master_port=port, grace_period=45,
                    checkpoint_uri="pvc://ckpts/run1",
                    debug=DebugSpec(enabled=debug, port=free_port() if debug else 5678))

@@ -18,10 +18,11 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
-from test_pod_env import free_port, start_pods
+from test_pod_env import free_port, start_pods, stop_pods
 
 from fi_dist.k8s.cluster import Cluster
 from fi_dist.launchers.pytorchjob import ATTACH_CONFIG_NAME, PyTorchJobLauncher
@@ -145,14 +146,15 @@ def test_attach_through_the_kubernetes_port_forward(tmp_path: Path) -> None:
 
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
-    spec = JobSpec(script=str(script), name="attach-me", nnodes=2, nproc_per_node=1,
+    name = f"attach-{uuid.uuid4().hex[:8]}"  # FI_DIST_RUN_ID: the sweep finds only ours
+    spec = JobSpec(script=str(script), name=name, nnodes=2, nproc_per_node=1,
                    image="img:1", master_port=free_port(),
                    debug=DebugSpec(enabled=True, port=free_port(), wait_for_client=True))
     secret, job = get_launcher("pytorchjob").dryrun(spec).documents
     token = secret["stringData"]["token"]
     api = LoopbackApi({
-        "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs/attach-me": job,
-        "/api/v1/namespaces/default/secrets/attach-me-fi-dist-debug": {
+        f"/apis/kubeflow.org/v1/namespaces/default/pytorchjobs/{name}": job,
+        f"/api/v1/namespaces/default/secrets/{name}-fi-dist-debug": {
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret["metadata"]["name"]},
             "data": {"token": base64.b64encode(token.encode()).decode()}},
     })
@@ -166,7 +168,7 @@ def test_attach_through_the_kubernetes_port_forward(tmp_path: Path) -> None:
         wait_listening(spec.debug.port, pods)  # the Master pod's readiness: its hub is up
         # The hub's own port is taken on this shared loopback (in a cluster it is inside
         # the pod), so the forward listens on another one here.
-        fwd, config = launcher.attach("default:attach-me", local_port=0)
+        fwd, config = launcher.attach(f"default:{name}", local_port=0)
         assert config["name"] == ATTACH_CONFIG_NAME and config["fiDistToken"] == token
         assert config["connect"] == {"host": "127.0.0.1", "port": fwd.local_port}
         assert fwd.local_port != spec.debug.port  # really through the forward
@@ -195,8 +197,5 @@ def test_attach_through_the_kubernetes_port_forward(tmp_path: Path) -> None:
             jc.close()
         if fwd is not None:
             fwd.close()
-        for _, p in pods:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        stop_pods(spec.name, pods)
         api.close()
