@@ -24,7 +24,14 @@ from fi_dist.runtime import heartbeat
 from fi_dist.runtime.checkpoint import layout, loader, writer
 from fi_dist.runtime.checkpoint.config import CheckpointConfig
 from fi_dist.runtime.checkpoint.preemption import PreemptionMonitor, parse_signals
-from fi_dist.runtime.checkpoint.state import is_sharded, rng_state, state_of, to_host, unwrap
+from fi_dist.runtime.checkpoint.state import (
+    HostBuffers,
+    is_sharded,
+    rng_state,
+    state_of,
+    to_host,
+    unwrap,
+)
 from fi_dist.runtime.checkpoint.storage import Storage
 
 log = logging.getLogger("fi_dist.checkpoint")
@@ -79,6 +86,7 @@ class Checkpointer:
         self.monitor = PreemptionMonitor(parse_signals(self.cfg.signals), self.rank, store)
         self.monitor.install()
         self.bg = writer.BackgroundWriter()
+        self._buffers = HostBuffers()
         self.start_step: int | None = None
         self.last_saved: int | None = None
         self.step_seconds: float | None = None
@@ -179,7 +187,8 @@ class Checkpointer:
         extra: dict[str, layout.FileEntry] = {}
         if self.sharded:
             extra = loader.save_sharded(self, workdir, prefix)
-        files = self._host_files()
+        # A blocking save stalls the loop anyway: write the live state, skip the copy.
+        files = self._host_files(copy=not (block or self.sharded))
         plan = writer.SavePlan(step, self.rank, self.world_size, self.nonce, workdir, final,
                                files, "sharded" if self.sharded else "replicated", meta, extra,
                                prefix)
@@ -200,12 +209,15 @@ class Checkpointer:
             self.bg.submit(job, step)
         self.last_saved = step
 
-    def _host_files(self) -> dict[str, Any]:
+    def _host_files(self, copy: bool) -> dict[str, Any]:
+        def snap(name: str, obj: Any) -> Any:
+            return to_host(obj, self._buffers, (name,)) if copy else obj
+
         files: dict[str, Any] = {}
         if not self.sharded and self.rank == 0:
-            files["model.pt"] = to_host(unwrap(self.model).state_dict())
+            files["model.pt"] = snap("model", unwrap(self.model).state_dict())
             if self.optimizer is not None:
-                files["optimizer.pt"] = to_host(state_of(self.optimizer))
+                files["optimizer.pt"] = snap("optimizer", state_of(self.optimizer))
         if self.rank == 0 and self.scheduler is not None:
             files["scheduler.pt"] = to_host(state_of(self.scheduler))
         rank_state: dict[str, Any] = {"rng": loader.portable_rng(rng_state())}

@@ -60,22 +60,46 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def to_host(obj: Any) -> Any:
+class HostBuffers:
+    """Host-memory copies reused from one save to the next (keyed by position in the state).
+
+    A fresh copy of a large state faults in every page of new memory, which costs more
+    than the copy itself; reusing last save's buffers makes the loop's stall a memcpy.
+    Safe because at most one save is in flight and a new snapshot waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def copy(self, key: tuple[Any, ...], t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or t.is_sparse \
+                or not t.is_contiguous():
+            buf = t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone()
+            self._bufs[key] = buf
+        else:
+            buf.copy_(t)
+        return buf
+
+
+def to_host(obj: Any, buffers: HostBuffers | None = None, key: tuple[Any, ...] = ()) -> Any:
     """A deep copy of ``obj`` whose tensors live in host memory, detached from training.
 
     This copy is the only part of an async save that stalls the loop: after it, the
     optimizer may change the live tensors while the copy is written in the background.
     """
     if isinstance(obj, torch.Tensor):
+        if buffers is not None:
+            return buffers.copy(key, obj)
         t = obj.detach()
         return t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone()
     if isinstance(obj, dict):
-        return type(obj)((k, to_host(v)) for k, v in obj.items()) if type(obj) is not dict \
-            else {k: to_host(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_host(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(to_host(v) for v in obj)
+        items = [(k, to_host(v, buffers, (*key, k))) for k, v in obj.items()]
+        return dict(items) if type(obj) is dict else type(obj)(items)
+    if isinstance(obj, list | tuple):
+        out = [to_host(v, buffers, (*key, i)) for i, v in enumerate(obj)]
+        return out if isinstance(obj, list) else tuple(out)
     return copy.deepcopy(obj)
 
 

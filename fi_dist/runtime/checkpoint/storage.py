@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
 CHUNK = 8 << 20
+PARALLEL_HASH_MIN = 1 << 20
 
 
 class HashingWriter:
@@ -30,10 +32,19 @@ class HashingWriter:
         self._h = hashlib.sha256()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._h.update(data)
-        self.f.write(data)
-        self.size += len(data) if not isinstance(data, memoryview) else data.nbytes
-        return self.size
+        n = data.nbytes if isinstance(data, memoryview) else len(data)
+        if n >= PARALLEL_HASH_MIN:
+            # hashlib and file writes both release the GIL on large buffers: hash on a
+            # helper thread while this one writes, so checksums cost (almost) nothing.
+            t = threading.Thread(target=self._h.update, args=(data,))
+            t.start()
+            self.f.write(data)
+            t.join()
+        else:
+            self._h.update(data)
+            self.f.write(data)
+        self.size += n
+        return n
 
     def flush(self) -> None:
         self.f.flush()
