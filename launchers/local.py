@@ -78,18 +78,23 @@ def free_port() -> int:
 
 
 def operator_env(spec: JobSpec, node: int, master_addr: str, master_port: int) -> dict[str, str]:
-    """The variables the Kubeflow training operator injects into node ``node``'s pod."""
+    """The variables the Kubeflow training operator (v1.9) injects into node ``node``'s pod.
+
+    Since kubeflow/trainer#1840 (v1.8) WORLD_SIZE is pods x nprocPerNode, and the
+    operator sets PYTHONUNBUFFERED=0 (any non-empty value unbuffers). A test checks
+    this against fi_dist.k8s.operator's reading of a generated PyTorchJob.
+    """
     return {
         ev.MASTER_ADDR: master_addr,
         ev.MASTER_PORT: str(master_port),
-        ev.WORLD_SIZE: str(spec.nnodes),
+        ev.WORLD_SIZE: str(spec.nnodes * spec.nproc_per_node),
         ev.RANK: str(node),
         ev.PET_NNODES: str(spec.nnodes),
         ev.PET_NPROC_PER_NODE: str(spec.nproc_per_node),
         ev.PET_NODE_RANK: str(node),
         ev.PET_MASTER_ADDR: master_addr,
         ev.PET_MASTER_PORT: str(master_port),
-        ev.PYTHONUNBUFFERED: "1",
+        ev.PYTHONUNBUFFERED: "0",
     }
 
 

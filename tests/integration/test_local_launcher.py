@@ -52,7 +52,7 @@ def test_2x2_every_rank_sees_its_env_and_allreduce_is_right(run_cli, workdir):
         # The node-level (pod) env the operator would inject reaches every rank unchanged.
         assert v["env"]["PET_NNODES"] == "2" and v["env"]["PET_NPROC_PER_NODE"] == "2"
         assert v["env"]["PET_NODE_RANK"] == str(node) and v["env"]["GROUP_RANK"] == str(node)
-        assert v["env"]["PET_MASTER_ADDR"] == "127.0.0.2" and v["env"]["PYTHONUNBUFFERED"] == "1"
+        assert v["env"]["PET_MASTER_ADDR"] == "127.0.0.2" and v["env"]["PYTHONUNBUFFERED"] == "0"
     # Every line of rank output carries its node and rank.
     for line in r.stdout.splitlines():
         if "PROBE " in line:

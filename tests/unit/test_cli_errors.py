@@ -54,6 +54,6 @@ def test_local_dry_run_prints_each_node_with_pod_env(run_cli):
     docs = list(yaml.safe_load_all(r.stdout))
     assert [d["addr"] for d in docs] == ["127.0.0.2", "127.0.0.3"]
     env1 = docs[1]["env"]
-    assert env1["RANK"] == "1" and env1["WORLD_SIZE"] == "2" and env1["PET_NPROC_PER_NODE"] == "3"
+    assert env1["RANK"] == "1" and env1["WORLD_SIZE"] == "6" and env1["PET_NPROC_PER_NODE"] == "3"
     assert env1["MASTER_ADDR"] == env1["PET_MASTER_ADDR"] == "127.0.0.2"
     assert docs[0]["argv"][-2:] == ["--steps", "3"]
