@@ -21,6 +21,7 @@ from typing import Any
 from fi_dist import env_vars as ev
 from fi_dist.errors import ConfigError
 from fi_dist.k8s.rules import PYTORCH_CONTAINER, PYTORCH_PORT
+from fi_dist.runtime.idle.config import idle_env
 from fi_dist.spec import JobSpec
 
 API_VERSION = "kubeflow.org/v1"
@@ -83,6 +84,8 @@ def container_env(spec: JobSpec, launcher: str = "pytorchjob") -> list[dict[str,
     ckpt_dir, _, _ = checkpoint_volume(spec.checkpoint_uri)
     if ckpt_dir:
         env.append({"name": ev.FI_DIST_CKPT_DIR, "value": ckpt_dir})
+    # Each pod's node agent runs its own idle culler from these.
+    env += [{"name": k, "value": v} for k, v in sorted(idle_env(spec.idle).items())]
     if spec.debug.enabled:
         d = spec.debug
         env += [

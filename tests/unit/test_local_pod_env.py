@@ -26,3 +26,16 @@ def test_local_node_env_matches_the_operator(nnodes, nproc):
             assert pod.pop(name) == f"{spec.name}-master-0"
             assert local.pop(name) == "127.0.0.2"
         assert local == pod
+
+
+def test_pytorchjob_pods_carry_the_idle_culler_settings():
+    from fi_dist.spec import IdleSpec
+
+    spec = JobSpec(script="examples/ddp_train.py", nnodes=2, image="example.com/train:1",
+                   idle=IdleSpec(enabled=True, timeout=600, threshold=7))
+    job = next(d for d in create_launcher().dryrun(spec).documents if d["kind"] == "PyTorchJob")
+    for rtype in ("Master", "Worker"):
+        env = {e["name"]: e.get("value") for e in
+               job["spec"]["pytorchReplicaSpecs"][rtype]["template"]["spec"]["containers"][0]["env"]}
+        assert float(env[ev.FI_DIST_IDLE_TIMEOUT]) == 600.0
+        assert float(env[ev.FI_DIST_IDLE_THRESHOLD]) == 7.0
