@@ -65,20 +65,21 @@ def _step_ms(output: str) -> float:
 
 
 def p1_plain(script: Path, work: Path) -> float:
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", "0", str(script)], cwd=work, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", str(script)], cwd=work, capture_output=True,
                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return _step_ms(out.stdout + out.stderr)
 
 
-def p1_debug(script: Path, work: Path) -> float:
+def p1_debug(script: Path, work: Path, trace: str = "eager") -> float:
     vscode = work / ".vscode" / "launch.json"
     vscode.unlink(missing_ok=True)
     log = work / "p1.log"
     proc = subprocess.Popen([sys.executable, "-m", "fi_dist.cli", "run", "--plain",
                              "--nproc-per-node", "2", "--master-port", "0", "--debug",
                              "--debug-port", "0", "--wait-for-client", str(script)], cwd=work,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+                            stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "FI_DIST_DEBUG_TRACE": trace})
     while not vscode.exists():
         time.sleep(0.2)
     import json
@@ -98,13 +99,16 @@ def run_p1(reps: int) -> None:
         work = Path(tmp)
         script = work / "p1_train.py"
         script.write_text(P1_SCRIPT)
-        plain, debug = [], []
+        plain, debug, lazy = [], [], []
         for _ in range(reps):
             plain.append(p1_plain(script, work))
             debug.append(p1_debug(script, work))
-        b, c = statistics.median(plain), statistics.median(debug)
+            lazy.append(p1_debug(script, work, trace="lazy"))
+        b, c, t = (statistics.median(v) for v in (plain, debug, lazy))
         print(f"P1 step time ms: torchrun {b:.3f}  fi-dist --debug + client {c:.3f}  "
               f"ratio {c / b:.3f} (goal <= 1.03); runs {plain} / {debug}", flush=True)
+        print(f"P1 with FI_DIST_DEBUG_TRACE=lazy (untraced, no breakpoint): {t:.3f} ms  "
+              f"ratio {t / b:.3f}; runs {lazy}", flush=True)
 
 
 def run_p34(world: int, reps: int) -> None:

@@ -63,6 +63,7 @@ def main():
             fi_dist.breakpoint()  # ALL-BP-LINE
             after_breakpoint = step
         if step == raise_step and "raise" in modes and rank == int(os.environ.get("JOB_RAISE_RANK", "1")):
+            time.sleep(float(os.environ.get("JOB_RAISE_DELAY", "0")))  # peers reach all_reduce
             explode(rank)
     dist.barrier()
     if rank == 0:

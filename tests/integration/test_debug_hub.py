@@ -209,7 +209,8 @@ def test_breakpoint_all_ranks_then_post_mortem_without_client(tmp_path: Path) ->
 
 
 def test_post_mortem_stops_at_raise_and_shows_blocked_peer(tmp_path: Path) -> None:
-    job = DebugJob(tmp_path, 2, 1, {"JOB_MODE": "raise", "JOB_RAISE_RANK": "1"},
+    job = DebugJob(tmp_path, 2, 1, {"JOB_MODE": "raise", "JOB_RAISE_RANK": "1",
+                                    "JOB_RAISE_DELAY": "3"},
                    extra=("--wait-for-client", "--post-mortem-wait", "60"))
     client = None
     try:

@@ -128,7 +128,13 @@ class RankAgent:
         self._chan = chan
         self.connected.set()
         while (cmd := chan.read_line()) is not None:
-            self._command(cmd)
+            try:
+                self._command(cmd)
+            except Exception as exc:  # one bad command must not cut the rank off the hub
+                log.warning("%s: hub command %r failed: %s", self.env.label(), cmd.get("cmd"),
+                            exc)
+                if cmd.get("cmd") == "pause":
+                    self.send({"event": "pause-failed"})
 
     def _command(self, cmd: dict[str, Any]) -> None:
         name = cmd.get("cmd")
@@ -142,7 +148,10 @@ class RankAgent:
             heartbeat.current().state(str(cmd.get("state")), **extra)
         elif name == "activity":
             heartbeat.current().debug_activity()
+        elif name == "trace":
+            ensure_tracing()
         elif name == "pause":
+            ensure_tracing()
             _pause_all_threads()
         elif name == "resumed":
             with self._send_lock:
@@ -185,6 +194,43 @@ class RankAgent:
             return
         _debugger_thread(_pump, down, up, name="fi-dist-relay-up")
         _pump(up, down)
+
+
+_tracing = threading.Event()
+_tracing_lock = threading.Lock()
+
+
+def ensure_tracing() -> None:
+    """Turn pydevd's tracing of the main thread on (once), from any thread.
+
+    With ``FI_DIST_DEBUG_TRACE=lazy`` ranks start untraced (Python 3.11's
+    ``sys.settrace`` slows every Python call) and the hub asks for tracing when a
+    breakpoint, a function breakpoint, an exception filter that needs it, or a pause
+    arrives. A no-op in the default eager mode.
+    """
+    if _tracing.is_set():
+        return
+    with _tracing_lock:
+        if _tracing.is_set():
+            return
+        import pydevd
+        import pydevd_tracing
+
+        py_db = pydevd.get_global_debugger()
+        if py_db is None:
+            return
+        main = threading.main_thread().ident
+        if main == threading.get_ident():
+            import debugpy
+
+            debugpy.trace_this_thread(True)
+        else:
+            # pydevd's own "attach to a running thread" path (set the thread state's trace
+            # function through its native helper), as used when attaching to a pid.
+            pydevd_tracing.set_trace_to_threads(py_db.trace_dispatch, thread_idents=[main],
+                                                create_dummy_thread=False)
+        py_db.set_tracing_for_untraced_contexts()
+        _tracing.set()
 
 
 def _pause_all_threads() -> None:
@@ -240,6 +286,12 @@ def start(env: RankEnvironment) -> RankAgent:
     # workers) would need one adapter session each and is not what users attach for.
     debugpy.configure(subProcess=False)
     adapter = debugpy.listen(("127.0.0.1", 0))
+    # Experimental: in a real job a breakpoint can be missed when tracing is switched on
+    # while the main thread is deep in native code (docs/debug.md), so eager is default.
+    if os.environ.get(ev.FI_DIST_DEBUG_TRACE, "eager") == "lazy":
+        debugpy.trace_this_thread(False)  # until the hub asks (see ensure_tracing)
+    else:
+        _tracing.set()
     _agent = RankAgent(env, hub_address(env), token, (adapter[0], int(adapter[1])))
     _debugger_thread(_agent.run, name="fi-dist-debug-agent")
     return _agent

@@ -42,6 +42,7 @@ def _stop_at(frame: FrameType) -> None:
     """Suspend this thread at ``frame``'s next line (what ``debugpy.breakpoint`` does)."""
     from debugpy.server import api
 
+    agent_mod.ensure_tracing()
     api._settrace(suspend=True, trace_only_current_thread=True, patch_multiprocessing=False,
                   stop_at_frame=frame)
 

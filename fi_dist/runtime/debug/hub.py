@@ -33,7 +33,7 @@ from fi_dist import env_vars as ev
 from fi_dist.runtime.debug import launchjson
 from fi_dist.runtime.debug.ide import HUB_KEYS, IdeSession
 from fi_dist.runtime.debug.protocol import MAX_LINE, ProtocolError, line, read_line
-from fi_dist.runtime.debug.upstream import RankLink, Upstream
+from fi_dist.runtime.debug.upstream import RankLink, Upstream, needs_tracing
 
 log = logging.getLogger("fi_dist.debug.hub")
 
@@ -140,6 +140,8 @@ class Hub:
                 if not fut.done():
                     fut.set_result(msg)
             link.stack_waiters.clear()
+        elif event == "pause-failed" and (up := link.live) is not None:
+            up.fire("pause", {"threadId": "*"})  # the in-process pause failed: ask pydevd
         elif event == "hold":
             link.held = True
         elif event == "release":
@@ -185,6 +187,9 @@ class Hub:
                 try:
                     await up.configure(self._attach_args(args), self.exception_filters,
                                        self.breakpoints)
+                    if any(needs_tracing("setBreakpoints", b) for b in self.breakpoints.values()
+                           ) or needs_tracing("setExceptionBreakpoints", self.exception_filters):
+                        link.command(cmd="trace")
                     return up
                 except ConnectionError as exc:
                     # A half-attached session cannot be attached again: start over.
@@ -259,6 +264,8 @@ class Hub:
             if (up := link.live) is not None:
                 up.forget(command, args)  # children must ask the rank again
                 up.fire(command, args)
+                if needs_tracing(command, args):
+                    link.command(cmd="trace")
 
     async def ide_closed(self, session: IdeSession) -> None:
         if session.link is not None and session.link.child is session:

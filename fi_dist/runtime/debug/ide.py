@@ -23,6 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fi_dist.runtime.debug.protocol import ProtocolError, encode, read_message
+from fi_dist.runtime.debug.upstream import needs_tracing
 
 if TYPE_CHECKING:
     from fi_dist.runtime.debug.hub import Hub
@@ -249,6 +250,8 @@ class IdeSession:
         if cached is not None:
             self.respond(req, cached.get("body") or {})
             return
+        if needs_tracing(cmd, args):
+            link.command(cmd="trace")
         sink = self._threads_sink if cmd == "threads" else self.send
         try:
             up.forward(req, sink)

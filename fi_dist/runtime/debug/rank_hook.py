@@ -62,5 +62,6 @@ def post_mortem(exc: BaseException) -> None:
     if not debugpy.is_client_connected():
         return
     heartbeat.current().state(f"post-mortem: {type(exc).__name__}")
+    agent.ensure_tracing()  # stepping and evaluating from the raising frame need it
     # pydevd treats the exception as uncaught and stops at the frame that raised it.
     debugpy.trigger_exception_handler(exc, as_uncaught=True)
