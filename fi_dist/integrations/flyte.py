@@ -141,13 +141,14 @@ def reload_function(fn: Callable[..., Any], file: str | None) -> Callable[..., A
 
 def _run(cfg: InteractiveConfig, fn: Callable[..., Any], file: str | None, args: Any,
          kwargs: Any) -> Any:
-    from fi_dist.integrations.session import Session, restart_count
+    from fi_dist.integrations.session import Session, fresh_store_namespace, restart_count
 
     root = Path(cfg.source_root).resolve() if cfg.source_root else source_root_of(file)
     if cfg.pre_execute is not None:
         cfg.pre_execute()
     session = Session(cfg, root)
     session.open()
+    fresh_store_namespace()
     target = reload_function(fn, file) if restart_count() > 0 else fn
     try:
         if cfg.break_on_start and session.debugged:
@@ -189,18 +190,23 @@ class _Target:
         return self.fn(*args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        import cloudpickle
-
+        cloudpickle = _pickler()
         root = str(source_root_of(self.file)) if self.file else None
         return (_restore, (root, cloudpickle.dumps((self.fn, self.cfg, self.file))))
+
+
+def _pickler() -> Any:
+    try:  # flytekit's own choice; plain pickle where flytekit is not installed
+        import cloudpickle
+    except ImportError:
+        import pickle as cloudpickle
+    return cloudpickle
 
 
 def _restore(root: str | None, payload: bytes) -> _Target:
     if root and root not in sys.path:
         sys.path.append(root)
-    import cloudpickle
-
-    fn, cfg, file = cloudpickle.loads(payload)
+    fn, cfg, file = _pickler().loads(payload)
     return _Target(fn, cfg, file)
 
 

@@ -44,6 +44,34 @@ def restarts_left() -> int:
     return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) - restart_count()
 
 
+def fresh_store_namespace() -> None:
+    """Give ``init_process_group(env://)`` a key prefix per worker-group restart.
+
+    torchelastic's c10d rendezvous keeps ONE TCPStore server across restarts and env://
+    uses it without a per-attempt prefix, so restarted ranks would read the previous
+    attempt's gloo addresses ("connectFullMesh failed ... Connection refused"). Only
+    needed after a restart, which is what a resume is.
+    """
+    attempt = restart_count()
+    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return
+    import importlib
+
+    import torch.distributed as dist
+
+    # `torch.distributed.rendezvous` the attribute is a function; the module is this one.
+    rdzv = importlib.import_module("torch.distributed.rendezvous")
+    original = rdzv._create_c10d_store
+    if getattr(original, "__fi_dist__", False):
+        return
+
+    def create(*args: Any, **kwargs: Any) -> Any:
+        return dist.PrefixStore(f"fi_dist/attempt_{attempt}/", original(*args, **kwargs))
+
+    create.__fi_dist__ = True  # type: ignore[attr-defined]
+    rdzv._create_c10d_store = create
+
+
 def open_store(env: RankEnvironment) -> Any:
     """A client of the job's rendezvous store; an in-process store for a single process."""
     import torch.distributed as dist
