@@ -34,12 +34,13 @@ def build(mb: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     return model, torch.optim.Adam(model.parameters(), lr=1e-3)
 
 
-def child(ckpt: str, mb: float, seed: int) -> None:
+def child(ckpt: str, mb: float, seed: int, ready: int) -> None:
     rng = random.Random(seed)
     model, opt = build(mb)
     ck = Checkpointer(ckpt, model=model, optimizer=opt, keep_last=2,
                       async_save=rng.random() < 0.5)
     start = ck.resume()
+    os.write(ready, b"1")  # the kill delay counts from here, not from fork
     for step in range(start, start + 10_000):
         loss = model(torch.randn(4, model.in_features)).pow(2).mean()
         opt.zero_grad()
@@ -80,32 +81,44 @@ def main() -> int:
     p.add_argument("--max-delay", type=float, default=0.3, help="max seconds before the kill")
     p.add_argument("--dir", default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--verbose", action="store_true")
     a = p.parse_args()
+    # Forked children must not inherit an OpenMP pool the parent started (GNU OpenMP
+    # is not fork-safe): the parent stays single-threaded.
+    torch.set_num_threads(1)
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
-    torn, loaded, what = 0, 0, ""
+    torn, loaded, midsave, what = 0, 0, 0, ""
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         ckpt = str(Path(tmp) / "ckpt")
         for trial in range(a.trials):
+            r, w = os.pipe()
             pid = os.fork()
             if pid == 0:
                 try:
-                    child(ckpt, a.mb, rng.randrange(1 << 30) + trial)
+                    os.close(r)
+                    child(ckpt, a.mb, rng.randrange(1 << 30) + trial, w)
                 finally:
                     os._exit(1)
+            os.close(w)
+            os.read(r, 1)
+            os.close(r)
             time.sleep(rng.uniform(0.0, a.max_delay))
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+            midsave += any(n.startswith(layout.TMP_PREFIX) for n in Storage(ckpt).listdir())
             ok, what = verify(ckpt, a.mb)
             loaded += ok
             if not ok:
                 torn += 1
                 print(f"trial {trial}: TORN LOAD: {what}", flush=True)
+            if a.verbose:
+                print(f"trial {trial}: {what}", flush=True)
             if (trial + 1) % 50 == 0:
                 print(f"{trial + 1} trials, {torn} torn, {time.monotonic() - t0:.0f}s", flush=True)
     print(f"R1: {a.trials} kill -9 trials (seed {seed}): {torn} torn loads, "
-          f"{loaded} clean resumes; last: {what}")
+          f"{loaded} clean resumes; {midsave} kills left a save half-written; last: {what}")
     return 1 if torn else 0
 
 
