@@ -104,3 +104,30 @@ def test_resume_endpoint_auth_edits_and_refusal(tmp_path: Path, stores) -> None:
 def test_read_session_names_the_missing_file(tmp_path: Path) -> None:
     with pytest.raises(resume.ResumeError, match="no interactive session file"):
         resume.read_session(tmp_path / "nope.json")
+
+
+def test_fi_dist_resume_cli_finds_the_session_from_a_subdirectory(
+        tmp_path: Path, stores, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from fi_dist.cli import main
+
+    server_store, _ = stores
+    root = _tree(tmp_path, {"train.py": "bug = True\n", "pkg/m.py": ""})
+    srv = resume.ResumeServer(server_store, root, "tok", resume.snapshot(root),
+                              lambda: None).start()
+    try:
+        (root / ".vscode").mkdir()
+        (root / resume.SESSION_FILE).write_text(json.dumps({"resume_url": srv.url,
+                                                            "token": "tok"}))
+        (root / "train.py").write_text("bug = False\n")  # the edit made in code-server
+        monkeypatch.chdir(root / "pkg")  # the launch config runs in ${workspaceFolder}
+        assert main(["resume"]) == 0
+        assert "resume generation 1: shipped train.py" in capsys.readouterr().out
+        assert resume.fetch(server_store, 1) == {"train.py": b"bug = False\n"}
+        monkeypatch.chdir(tmp_path.parent)
+        assert main(["resume", "--session", str(tmp_path / "none.json")]) == 2
+        assert "no interactive session file" in capsys.readouterr().err
+    finally:
+        srv.close()
