@@ -3,7 +3,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-dev.txt 2>/dev/null | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt scripts/install_code_server.sh 2>/dev/null | sha1sum | cut -c1-12)
 
 .PHONY: setup demo test lint bench clean
 
@@ -12,7 +12,9 @@ $(STAMP):
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first, so nothing later pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[all,test]'
+	# constraints.txt pins every dependency to a set known to work together: no resolver
+	# backtracking, the same versions on every machine.
+	$(BIN)/pip install -q -c constraints.txt -e '.[all,test]'
 	bash scripts/install_code_server.sh  # code-server 4.100.3 from npm into .tools/ (docs/flyte.md)
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
