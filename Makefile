@@ -21,7 +21,7 @@ $(STAMP):
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/fi-dist run --nnodes 2 --nproc-per-node 2 examples/ddp_train.py -- --steps 20
+	$(BIN)/fi-dist run --debug --nnodes 2 --nproc-per-node 2 examples/ddp_train.py -- --steps 200 --step-sleep 0.1
 
 test: setup
 	$(BIN)/ruff check fi_dist launchers tests bench examples

@@ -95,21 +95,21 @@ class RunDir:
         data["updated"] = time.time()
         write_json(self.rank_file(rank), data)
 
-    def ranks(self) -> dict[int, dict[str, Any]]:
+    def _indexed(self, sub: str) -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}
-        for f in sorted((self.path / "ranks").glob("*.json")):
+        for f in sorted((self.path / sub).glob("*.json")):
             data = read_json(f)
             if data is not None and f.stem.isdigit():
                 out[int(f.stem)] = data
         return out
 
+    def ranks(self) -> dict[int, dict[str, Any]]:
+        """Every rank's file, by global rank."""
+        return self._indexed("ranks")
+
     def nodes(self) -> dict[int, dict[str, Any]]:
-        out: dict[int, dict[str, Any]] = {}
-        for f in sorted((self.path / "nodes").glob("*.json")):
-            data = read_json(f)
-            if data is not None and f.stem.isdigit():
-                out[int(f.stem)] = data
-        return out
+        """Every node agent's result, by node rank."""
+        return self._indexed("nodes")
 
     def record_preemption(self, node: int, grace: float) -> None:
         """Note that ``node`` was preempted now (the root cause the summary reports)."""

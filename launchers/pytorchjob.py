@@ -17,7 +17,8 @@ from typing import Any
 from fi_dist.errors import LauncherError
 from fi_dist.k8s import pytorchjob as manifest
 from fi_dist.k8s.validation import validate
-from fi_dist.launcher import DryRun, JobState, JobStatus, Launcher
+from fi_dist.launcher import DryRun, JobState, JobStatus
+from fi_dist.launchers.kube import KubernetesLauncher
 from fi_dist.spec import JobSpec
 
 ATTACH_CONFIG_NAME = "fi-dist: attach all ranks"
@@ -60,19 +61,8 @@ def write_launch_json(config: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-class PyTorchJobLauncher(Launcher):
+class PyTorchJobLauncher(KubernetesLauncher):
     name = "pytorchjob"
-
-    def __init__(self, cluster: Any | None = None) -> None:
-        self._cluster = cluster
-
-    @property
-    def cluster(self) -> Any:
-        if self._cluster is None:
-            from fi_dist.k8s.cluster import Cluster
-
-            self._cluster = Cluster()
-        return self._cluster
 
     def dryrun(self, spec: JobSpec) -> DryRun:
         docs = manifest.documents(spec)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from fi_dist.errors import LauncherError
 from fi_dist.k8s import rayjob as manifest
 from fi_dist.k8s.validation import validate
-from fi_dist.launcher import DryRun, JobState, JobStatus, Launcher
+from fi_dist.launcher import DryRun, JobState, JobStatus
+from fi_dist.launchers.kube import KubernetesLauncher
 from fi_dist.spec import JobSpec
 
 # KubeRay's status.jobDeploymentStatus -> our state.
@@ -18,19 +18,8 @@ _DEPLOYMENT = {"New": JobState.PENDING, "Initializing": JobState.PENDING,
                "Retrying": JobState.RUNNING}
 
 
-class RayJobLauncher(Launcher):
+class RayJobLauncher(KubernetesLauncher):
     name = "rayjob"
-
-    def __init__(self, cluster: Any | None = None) -> None:
-        self._cluster = cluster
-
-    @property
-    def cluster(self) -> Any:
-        if self._cluster is None:
-            from fi_dist.k8s.cluster import Cluster
-
-            self._cluster = Cluster()
-        return self._cluster
 
     def dryrun(self, spec: JobSpec) -> DryRun:
         doc = manifest.build(spec)
