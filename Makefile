@@ -25,7 +25,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check fi_dist launchers tests bench examples
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -v -p no:cacheprovider --durations=25 tests
 
 lint: setup
 	$(BIN)/ruff check fi_dist launchers tests bench examples
