@@ -21,7 +21,11 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def probes(output: str) -> dict[int, dict]:
-    views = [json.loads(line.split("PROBE ", 1)[1]) for line in output.splitlines() if "PROBE " in line]
+    # raw_decode: another process's write may share the line (print's text and newline
+    # are two writes on one pipe).
+    decode = json.JSONDecoder().raw_decode
+    views = [decode(line.split("PROBE ", 1)[1])[0] for line in output.splitlines()
+             if "PROBE " in line]
     return {v["rank"]: v for v in views}
 
 
@@ -56,7 +60,7 @@ def test_2x2_every_rank_sees_its_env_and_allreduce_is_right(run_cli, workdir):
     # Every line of rank output carries its node and rank.
     for line in r.stdout.splitlines():
         if "PROBE " in line:
-            rank = json.loads(line.split("PROBE ", 1)[1])["rank"]
+            rank = json.JSONDecoder().raw_decode(line.split("PROBE ", 1)[1])[0]["rank"]
             assert line.startswith(f"[node{rank // 2} rank{rank}] PROBE ")
     assert "job succeeded: 4/4 ranks exited 0" in r.stdout
     assert_no_processes_left(workdir)
