@@ -239,8 +239,17 @@ def _pause_all_threads() -> None:
     from _pydevd_bundle.pydevd_api import PyDevdAPI
 
     py_db = pydevd.get_global_debugger()
-    if py_db is not None:
-        PyDevdAPI().request_suspend_thread(py_db, "*")
+    if py_db is None:
+        raise RuntimeError("pydevd is not running in this rank")
+    PyDevdAPI().request_suspend_thread(py_db, "*")
+    # A suspend that did not mark the main thread would be lost without a word: say so,
+    # and the hub pauses through the adapter instead.
+    from _pydevd_bundle.pydevd_additional_thread_info import set_additional_thread_info
+    from _pydevd_bundle.pydevd_constants import STATE_SUSPEND
+
+    main = threading.main_thread()
+    if main.is_alive() and set_additional_thread_info(main).pydev_state != STATE_SUSPEND:
+        raise RuntimeError("the main thread was not marked suspended")
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:

@@ -39,6 +39,8 @@ log = logging.getLogger("fi_dist.debug.hub")
 
 BLOCKED_AFTER = 0.3
 """Seconds a paused rank may keep running before the hub calls it blocked."""
+PAUSE_RETRY_MAX = 5.0
+"""Longest wait between re-sent pauses to a rank that has not stopped yet."""
 ATTACH_TRIES = 5
 """Attach attempts per rank (an adapter still detaching a previous client refuses)."""
 
@@ -140,8 +142,13 @@ class Hub:
                 if not fut.done():
                     fut.set_result(msg)
             link.stack_waiters.clear()
-        elif event == "pause-failed" and (up := link.live) is not None:
-            up.fire("pause", {"threadId": "*"})  # the in-process pause failed: ask pydevd
+        elif event == "pause-failed" and link.state in ("pausing", "blocked"):
+            # The in-process pause failed: ask pydevd through the adapter, now or as soon
+            # as the rank's session is configured.
+            if (up := link.live) is not None:
+                up.fire("pause", {"threadId": "*"})
+            else:
+                link.pause_pending = True
         elif event == "hold":
             link.held = True
         elif event == "release":
@@ -190,6 +197,12 @@ class Hub:
                     if any(needs_tracing("setBreakpoints", b) for b in self.breakpoints.values()
                            ) or needs_tracing("setExceptionBreakpoints", self.exception_filters):
                         link.command(cmd="trace")
+                    if link.pause_pending:
+                        # The rank ran (configurationDone released it) before its attach
+                        # answered and another rank stopped meanwhile: pause it now.
+                        link.pause_pending = False
+                        if link.state == "pausing":
+                            self._send_pause(link)
                     return up
                 except ConnectionError as exc:
                     # A half-attached session cannot be attached again: start over.
@@ -285,6 +298,7 @@ class Hub:
                 link.child.close()
                 link.child = None
             closing.append(self._reset(link))
+            link.pause_pending = False
             if link.state in ("stopped", "pausing", "blocked"):
                 link.state = "running"
                 link.command(cmd="state", state="running")
@@ -302,6 +316,7 @@ class Hub:
         if name == "stopped":
             first = link.state not in ("pausing", "blocked")
             link.state, link.stopped_event, link.blocked = "stopped", msg, None
+            link.pause_pending = False
             link.held = False  # a rank held on its way to fi_dist.breakpoint() got there
             if first:
                 self.pause_all(link)
@@ -329,20 +344,48 @@ class Hub:
 
     def pause_all(self, origin: RankLink | None) -> None:
         """Pause every running rank except ``origin`` (a no-op for stopped or held ones)."""
-        now = time.monotonic()
         for link in self.ranks.values():
             if link is origin or link.state != "running" or link.held:
                 continue
-            if link.live is None:
-                continue
-            link.state, link.pause_sent = "pausing", now
-            # Through the agent, in-process: one hop less than a DAP pause via the adapter.
-            link.command(cmd="pause")
-            asyncio.get_running_loop().call_later(BLOCKED_AFTER, self._check_blocked, link, now)
+            link.state = "pausing"
+            if link.live is not None:
+                self._send_pause(link)
+            else:
+                # Its session is still being configured (configurationDone already let
+                # the rank run, the attach response has not come back): skipping it here
+                # lost the pause for good, so it is owed and sent once configured.
+                link.pause_pending = True
+
+    def _send_pause(self, link: RankLink) -> None:
+        link.pause_sent = sent = time.monotonic()
+        # Through the agent, in-process: one hop less than a DAP pause via the adapter.
+        link.command(cmd="pause")
+        asyncio.get_running_loop().call_later(BLOCKED_AFTER, self._check_blocked, link, sent)
 
     def _check_blocked(self, link: RankLink, sent: float) -> None:
         if link.state == "pausing" and link.pause_sent == sent:
-            asyncio.create_task(self._report_blocked(link))
+            asyncio.create_task(self._pause_watch(link, sent))
+
+    async def _pause_watch(self, link: RankLink, sent: float) -> None:
+        """A rank that has not stopped BLOCKED_AFTER after its pause: report, re-send.
+
+        Under CPU load the agent thread may run late or the in-process suspend may not
+        take (a pause must never be lost), so the pause also goes through the adapter,
+        re-sent with backoff until the rank stops or the job is continued. A rank in a
+        collective keeps its pending pause either way and stops when the call returns.
+        """
+        delay = BLOCKED_AFTER
+        reported = False
+        while link.state in ("pausing", "blocked") and link.pause_sent == sent:
+            if (up := link.live) is not None:
+                up.fire("pause", {"threadId": "*"})
+            if not reported:
+                reported = True
+                await self._report_blocked(link)
+            delay = min(delay * 2, PAUSE_RETRY_MAX)
+            await asyncio.sleep(delay)
+            if link.state in ("pausing", "blocked") and link.pause_sent == sent:
+                link.command(cmd="pause")
 
     async def _report_blocked(self, link: RankLink) -> None:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -371,6 +414,7 @@ class Hub:
         """Continue every stopped rank and cancel pending pauses (except ``origin``)."""
         for link in self.ranks.values():
             link.command(cmd="resumed")  # releases ranks waiting in fi_dist.breakpoint(rank=k)
+            link.pause_pending = False
             if link is origin or link.state not in ("stopped", "pausing", "blocked"):
                 continue
             if (up := link.live) is not None:

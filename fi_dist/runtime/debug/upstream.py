@@ -9,7 +9,9 @@ Rank states (``RankLink.state``)::
 
     running --stopped event--> stopped --continue--> running
     running --hub pause-----> pausing --stopped--> stopped
-    pausing --no stop in 0.3 s--> blocked (native code / collective; pause stays pending)
+      (a rank whose session is still being configured gets the pause the moment it is)
+    pausing --no stop in 0.3 s--> blocked (native code / collective; pause stays pending,
+      re-sent through the adapter with backoff until the rank stops or is continued)
     held flag (hold/release events, or its own stop): on its way to or waiting in
     fi_dist.breakpoint(); the hub never pauses it
     any --control link closed--> exited
@@ -217,6 +219,8 @@ class RankLink:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     child: Any = None
     pause_sent: float = 0.0
+    pause_pending: bool = False
+    """A break-all pause owed to a rank whose session was not configured yet."""
     blocked: str | None = None
     held: bool = False
     stack_waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
