@@ -65,10 +65,11 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def start_ranks(tmp: Path, name: str, ckpt: Path, world: int, *args: str) -> list[subprocess.Popen]:
-    """Start ``world`` real rank processes of the worker; each writes ``<name>.<rank>.json``."""
-    script = tmp / "worker.py"
-    script.write_text(WORKER)
+def start_ranks(tmp: Path, name: str, ckpt: Path, world: int, *args: str,
+                worker: str = WORKER) -> list[subprocess.Popen]:
+    """Start ``world`` real rank processes of ``worker``; each writes ``<name>.<rank>.json``."""
+    script = tmp / f"worker-{name}.py"
+    script.write_text(worker)
     port = _port()
     procs = []
     for r in range(world):

@@ -1,0 +1,104 @@
+"""Checkpointer's sharded path (FSDP2 / DTensor through torch.distributed.checkpoint) on 2 gloo ranks."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_checkpoint_dist import finish, start_ranks
+
+from fi_dist.runtime.checkpoint import layout
+from fi_dist.runtime.checkpoint.storage import Storage
+
+pytestmark = pytest.mark.slow
+
+# FSDP2 runs on CPU + gloo: parameters and Adam state are DTensors sharded over the 2 ranks.
+WORKER = textwrap.dedent("""
+    import argparse, hashlib, json, os
+    import torch, torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from fi_dist.runtime.checkpoint import Checkpointer
+
+    p = argparse.ArgumentParser()
+    p.add_argument("ckpt"); p.add_argument("out"); p.add_argument("--total", type=int, default=8)
+    p.add_argument("--every", type=int, default=2); p.add_argument("--crash-at", type=int, default=-1)
+    a = p.parse_args()
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    fully_shard(model[0]); fully_shard(model[2]); fully_shard(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ck = Checkpointer(a.ckpt, model=model, optimizer=opt, every=a.every)
+    result = {"rank": rank, "sharded": ck.sharded, "start": ck.resume()}
+    for step in ck.steps(a.total):
+        x = torch.randn(8, 32)  # per-rank RNG stream: restored from the rank file on resume
+        loss = model(x).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()
+        if step == a.crash_at:  # every rank dies after this step's update, before any save of it
+            os._exit(3)
+    # Gathered full state (collective): parameters and the Adam state of every parameter.
+    h = hashlib.sha256()
+    for name, prm in model.named_parameters():
+        h.update(name.encode()); h.update(prm.detach().full_tensor().numpy().tobytes())
+        for k, v in sorted(opt.state[prm].items()):
+            v = v.full_tensor() if hasattr(v, "full_tensor") else v
+            h.update(k.encode()); h.update(v.detach().reshape(-1).numpy().tobytes())
+    result["checksum"] = h.hexdigest()
+    dist.barrier(); dist.destroy_process_group()
+    with open(a.out, "w") as f:
+        json.dump(result, f)
+""")
+
+
+def _reap(procs: list[subprocess.Popen]) -> None:
+    """Leave no processes behind, whatever failed."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
+@pytest.mark.timeout(120)
+def test_fsdp2_periodic_sharded_save_crash_resume_bit_exact(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    procs: list[subprocess.Popen] = []
+    try:
+        # The uninterrupted reference runs beside the run that crashes (process start dominates).
+        ref_procs = start_ranks(
+            tmp_path, "ref", tmp_path / "ref-ckpt", 2, "--total", "8", worker=WORKER
+        )
+        crash_procs = start_ranks(
+            tmp_path, "crash", ckpt, 2, "--total", "8", "--crash-at", "4", worker=WORKER
+        )
+        procs += ref_procs + crash_procs
+        ref = finish(ref_procs, tmp_path, "ref", timeout=90)
+        assert [r["exitcode"] for r in ref] == [0, 0], ref[0]["log"][-2000:]
+        assert [r["sharded"] for r in ref] == [True, True]
+        for p in crash_procs:
+            out, _ = p.communicate(timeout=90)
+            assert p.returncode == 3, out[-3000:]
+
+        # Saves after steps 2 and 4 committed through DCP; step 5 (done, unsaved) is lost.
+        complete, rejected = layout.scan(Storage(str(ckpt)))
+        assert [c.step for c in complete] == [4, 2] and not rejected
+        for cand in complete:
+            m = cand.manifest
+            assert m.mode == "sharded" and m.meta["reason"] == "periodic"
+            dcp_files = {f for f in m.files if f.startswith("dcp/")}
+            assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp"} <= dcp_files, m.files
+            assert {"rank-00000.pt", "rank-00001.pt"} <= set(m.files)
+            assert "model.pt" not in m.files  # sharded state is never gathered onto rank 0
+
+        post_procs = start_ranks(tmp_path, "post", ckpt, 2, "--total", "8", worker=WORKER)
+        procs += post_procs
+        post = finish(post_procs, tmp_path, "post", timeout=90)
+    finally:
+        _reap(procs)
+    assert [r["exitcode"] for r in post] == [0, 0], post[0]["log"][-2000:] + post[1]["log"][-2000:]
+    assert [r["start"] for r in post] == [4, 4]
+    # Resumed = uninterrupted, bit for bit: full parameters AND full Adam state, on both ranks.
+    assert len({r["checksum"] for r in ref}) == 1
+    assert [r["checksum"] for r in post] == [r["checksum"] for r in ref]
+    assert [c.step for c in layout.scan(Storage(str(ckpt)))[0]] == [8, 6, 4]
