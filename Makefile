@@ -29,7 +29,6 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check fi_dist launchers tests bench examples
-	$(BIN)/ruff format --check fi_dist launchers tests bench examples
 
 bench: setup
 	$(BIN)/python bench/launch_bench.py
