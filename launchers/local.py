@@ -81,8 +81,9 @@ def operator_env(spec: JobSpec, node: int, master_addr: str, master_port: int) -
     """The variables the Kubeflow training operator (v1.9) injects into node ``node``'s pod.
 
     Since kubeflow/trainer#1840 (v1.8) WORLD_SIZE is pods x nprocPerNode, and the
-    operator sets PYTHONUNBUFFERED=0 (any non-empty value unbuffers). A test checks
-    this against fi_dist.k8s.operator's reading of a generated PyTorchJob.
+    operator sets PYTHONUNBUFFERED=0. A test checks
+    this against fi_dist.k8s.operator's reading of a generated PyTorchJob. CPython reads
+    PYTHONUNBUFFERED=0 as "buffered", so the node agent line-buffers its own output.
     """
     return {
         ev.MASTER_ADDR: master_addr,

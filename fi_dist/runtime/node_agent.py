@@ -70,6 +70,10 @@ def _traceback(failure: Any) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # The operator sets PYTHONUNBUFFERED=0, which CPython reads as the integer 0, i.e.
+    # buffered: rank lines tailed to a pipe would then reach the logs only at exit.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     node = NodeEnvironment.from_env()
     run_dir = RunDir(Path(os.environ[ev.FI_DIST_RUN_DIR])) if os.environ.get(ev.FI_DIST_RUN_DIR) else None

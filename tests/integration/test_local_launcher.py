@@ -183,3 +183,23 @@ def test_module_runs_without_cli(workdir):
     p = subprocess.run([sys.executable, "-m", "fi_dist.cli", "--help"], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and "preempt" in p.stdout
+
+
+def test_rank_output_arrives_while_the_job_runs(workdir):
+    # The operator's PYTHONUNBUFFERED=0 means "buffered" to CPython: without the node
+    # agent's own line buffering, rank lines reached fi-dist run only at exit.
+    script = workdir / "talk_then_wait.py"
+    script.write_text("import time\nprint('hello from the rank', flush=True)\ntime.sleep(120)\n")
+    job = subprocess.Popen(fi_dist_cmd("run", "--master-port", "0", "--plain", "--grace", "3",
+                                       str(script)),
+                           cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert job.stdout is not None
+        for line in job.stdout:
+            if "hello from the rank" in line:
+                assert line.startswith("[node0 rank0] ")
+                break
+        assert job.poll() is None, "the line arrived only after the job ended"
+    finally:
+        job.send_signal(signal.SIGTERM)
+        job.communicate(timeout=60)
