@@ -187,9 +187,19 @@ def test_module_runs_without_cli(workdir):
 
 def test_rank_output_arrives_while_the_job_runs(workdir):
     # The operator's PYTHONUNBUFFERED=0 means "buffered" to CPython: without the node
-    # agent's own line buffering, rank lines reached fi-dist run only at exit.
+    # agent's own line buffering, rank lines reached fi-dist run only at exit. The rank
+    # waits for a reply that the test sends only after it has seen the rank's line.
+    go = workdir / "go"
     script = workdir / "talk_then_wait.py"
-    script.write_text("import time\nprint('hello from the rank', flush=True)\ntime.sleep(120)\n")
+    script.write_text(
+        "import pathlib, sys, time\n"
+        "print('hello from the rank', flush=True)\n"
+        f"go = pathlib.Path({str(go)!r})\n"
+        "for _ in range(300):\n"
+        "    if go.exists():\n"
+        "        sys.exit(0)\n"
+        "    time.sleep(0.1)\n"
+        "sys.exit(3)\n")
     job = subprocess.Popen(fi_dist_cmd("run", "--master-port", "0", "--plain", "--grace", "3",
                                        str(script)),
                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -198,8 +208,9 @@ def test_rank_output_arrives_while_the_job_runs(workdir):
         for line in job.stdout:
             if "hello from the rank" in line:
                 assert line.startswith("[node0 rank0] ")
+                go.touch()
                 break
-        assert job.poll() is None, "the line arrived only after the job ended"
+        out, _ = job.communicate(timeout=120)
     finally:
-        job.send_signal(signal.SIGTERM)
-        job.communicate(timeout=60)
+        job.kill()
+    assert job.returncode == 0, out[-2000:]
