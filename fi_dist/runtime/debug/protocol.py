@@ -80,20 +80,28 @@ def decode_body(body: bytes) -> dict[str, Any]:
     return msg
 
 
+async def _read_until(reader: asyncio.StreamReader, sep: bytes, what: str,
+                      too_long: str) -> bytes | None:
+    """Bytes up to and including ``sep``; None at a clean end of stream."""
+    try:
+        return await reader.readuntil(sep)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial.strip():
+            return None
+        raise ProtocolError(f"stream ended inside {what}") from None
+    except asyncio.LimitOverrunError:
+        raise ProtocolError(too_long) from None
+
+
 async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     """Next DAP message, or None at a clean end of stream.
 
     Raises:
         ProtocolError: malformed header, over-size or truncated body, bad JSON.
     """
-    try:
-        header = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial.strip():
-            return None
-        raise ProtocolError("stream ended inside a header") from None
-    except asyncio.LimitOverrunError:
-        raise ProtocolError("header block too long") from None
+    header = await _read_until(reader, b"\r\n\r\n", "a header", "header block too long")
+    if header is None:
+        return None
     if len(header) > MAX_HEADER:
         raise ProtocolError("header block too long")
     length = parse_header(header[:-4])
@@ -106,14 +114,9 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
 
 async def read_line(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     """Next JSON-line object of the rank side, or None at end of stream."""
-    try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial.strip():
-            return None
-        raise ProtocolError("stream ended inside a line") from None
-    except asyncio.LimitOverrunError:
-        raise ProtocolError(f"control line longer than {MAX_LINE} bytes") from None
+    line = await _read_until(reader, b"\n", "a line", f"control line longer than {MAX_LINE} bytes")
+    if line is None:
+        return None
     try:
         obj = json.loads(line)
     except ValueError as exc:
