@@ -60,6 +60,10 @@ def _add_debug_flags(p: argparse.ArgumentParser) -> None:
                    help="hold every rank before the first line until a client attaches")
     g.add_argument("--post-mortem-wait", type=float, metavar="SECONDS",
                    help="a rank that raised waits this long for a client before failing")
+    g.add_argument("--debug-trace", choices=("lazy", "eager"), default=None,
+                   help="start pydevd's tracing only once a breakpoint or pause needs it "
+                        "(lazy, the default: no step-time cost before) or from the first "
+                        "line (eager)")
 
 
 def _add_attach(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +93,8 @@ def _add_job_commands(sub: argparse._SubParsersAction) -> None:
 
 # `run` flags that map onto DebugSpec fields; any of them turns debugging on.
 _DEBUG_FLAGS = {"enabled": "debug", "port": "debug_port", "host": "debug_host",
-                "wait_for_client": "wait_for_client", "post_mortem_wait": "post_mortem_wait"}
+                "wait_for_client": "wait_for_client", "post_mortem_wait": "post_mortem_wait",
+                "trace": "debug_trace"}
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

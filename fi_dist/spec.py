@@ -45,10 +45,15 @@ class DebugSpec:
     """Hold every rank before the script's first line until a client attaches."""
     post_mortem_wait: float = 0.0
     """Seconds a rank that raised waits for a client before the job fails (0: no wait)."""
+    trace: str = "lazy"
+    """When ranks start pydevd's tracing: ``lazy`` (once a breakpoint, exception filter or
+    pause needs it; no cost before) or ``eager`` (from the first line, as debugpy does)."""
 
     def __post_init__(self) -> None:
         _check_port("debug.port", self.port, allow_zero=True)
         _check_non_negative("debug.post_mortem_wait", self.post_mortem_wait)
+        if self.trace not in ("lazy", "eager"):
+            raise ConfigError(f"debug.trace must be 'lazy' or 'eager', got {self.trace!r}")
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"debug.host must be a non-empty address, got {self.host!r}")
 

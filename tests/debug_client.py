@@ -20,7 +20,7 @@ from fi_dist import procs
 
 JOB_SCRIPT = '''\
 """Deterministic gloo job; JOB_MODE picks what happens at step 2."""
-import hashlib, os, time
+import hashlib, os, sys, time
 from datetime import timedelta
 
 import torch
@@ -48,6 +48,14 @@ def main():
     dist.init_process_group("gloo", timeout=timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
     x = torch.arange(4, dtype=torch.float64) + rank
+    if "loop" in modes:  # run until the test drops JOB_RELEASE; x is untouched
+        print(f"rank {rank} loop tracing: {sys.gettrace() is not None}", flush=True)
+        i = 0
+        while not os.path.exists(os.environ["JOB_RELEASE"]):
+            dist.all_reduce(torch.ones(1))
+            spin(0.02)
+            looped = i  # LOOP-LINE
+            i += 1
     for step in range(5):
         dist.all_reduce(x)
         x = x / world + step

@@ -96,6 +96,7 @@ def container_env(spec: JobSpec, launcher: str = "pytorchjob") -> list[dict[str,
                 "name": debug_secret_name(spec), "key": TOKEN_KEY}}},
             {"name": ev.FI_DIST_WAIT_FOR_CLIENT, "value": "1" if d.wait_for_client else "0"},
             {"name": ev.FI_DIST_POST_MORTEM_WAIT, "value": f"{d.post_mortem_wait:g}"},
+            {"name": ev.FI_DIST_DEBUG_TRACE, "value": d.trace},
         ]
     return env
 

@@ -7,6 +7,7 @@ the configuration the hub wrote to ``.vscode/launch.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from debug_client import DebugJob, checksum, cli, marker_line, write_job  # noqa: E402
 
-from fi_dist.runtime.debug.client import DapSession, JobClient  # noqa: E402
+from fi_dist.runtime.debug.client import DapError, DapSession, JobClient  # noqa: E402
 from fi_dist.runtime.debug.protocol import encode  # noqa: E402
 
 pytestmark = pytest.mark.timeout(400)
@@ -245,3 +246,95 @@ def test_attach_print_without_debug_hub(tmp_path: Path) -> None:
     out = subprocess.run(cli("attach", "--print"), cwd=tmp_path, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "no fi-dist run" in out.stderr
+
+
+def _wait_output(job: DebugJob, text: str, count: int, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out := job.output()).count(text) >= count:
+            return out
+        assert job.proc.poll() is None, f"job ended early:\n{out[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"{count}x {text!r} never printed:\n{job.output()[-3000:]}")
+
+
+def _stopped_or_blocked(job: DebugJob, children: dict[int, DapSession],
+                        timeout: float = 120) -> dict[int, dict | str]:
+    """Every rank either stops (its ``stopped`` event) or is shown blocked in a collective
+    (waiting for a stopped peer: it cannot stop in Python until the call returns)."""
+    found: dict[int, dict | str] = {}
+    deadline = time.monotonic() + timeout
+    while len(found) < len(children) and time.monotonic() < deadline:
+        for r, child in children.items():
+            if r not in found:
+                with contextlib.suppress(DapError):
+                    found[r] = child.wait_event("stopped", timeout=0.3)
+        states = job.rank_states()
+        for r, state in states.items():
+            if r not in found and str(state).startswith("blocked in collective"):
+                found[r] = str(state)
+    assert len(found) == len(children), (found, job.rank_states())
+    return found
+
+
+def _check_resumed(job: DebugJob, children: dict[int, DapSession]) -> None:
+    job.wait_states(lambda s: all(v == "running" for v in s.values()))
+    time.sleep(1.0)  # no pause left behind: nobody stops on its own afterwards
+    assert not any(e.get("event") == "stopped" for c in children.values()
+                   for e in list(c.events.queue))
+    assert all(v == "running" for v in job.rank_states().values())
+
+
+def test_untraced_ranks_stop_inside_the_loop_they_already_run(tmp_path: Path,
+                                                              baseline: str) -> None:
+    """Lazy tracing (the default): ranks run without ``sys.settrace`` until the client
+    needs it; a pause, then a breakpoint, set while every rank already runs its loop
+    (frames entered untraced, the main thread mostly in gloo or spinning) stop the job."""
+    release = tmp_path / "release"
+    job = DebugJob(tmp_path, 2, 2, {"JOB_MODE": "loop", "JOB_RELEASE": str(release)})
+    client = None
+    try:
+        out = _wait_output(job, "loop tracing: ", 4)
+        assert all(f"rank {r} loop tracing: False" in out for r in range(4)), out[-2000:]
+        client = JobClient(job.config)
+        client.attach()
+        children = client.wait_children(4, timeout=120)
+        time.sleep(1.0)  # attached, but nothing needs tracing: every rank keeps running
+        assert not any(e.get("event") == "stopped" for c in children.values()
+                       for e in list(c.events.queue))
+
+        tid = children[0].request("threads")["body"]["threads"][0]["id"]
+        children[0].request("pause", {"threadId": tid})
+        found = _stopped_or_blocked(job, children)
+        assert isinstance(found[0], dict) and found[0]["body"]["reason"] == "pause"
+        frames = children[0].request("stackTrace", {"threadId": found[0]["body"]["threadId"]}
+                                     )["body"]["stackFrames"]
+        assert any(f["name"] == "main" and f["source"]["path"] == str(job.script)
+                   for f in frames), frames  # stopped inside the loop of main()
+        children[0].request("continue", {"threadId": found[0]["body"]["threadId"]})
+        _check_resumed(job, children)
+
+        path, line = str(job.script), marker_line(job.script, "LOOP-LINE")
+        for session in (client.root, *children.values()):
+            session.request("setBreakpoints", {"source": {"path": path},
+                                               "breakpoints": [{"line": line}]})
+        found = _stopped_or_blocked(job, children)
+        hit = [r for r, s in found.items()
+               if isinstance(s, dict) and s["body"]["reason"] == "breakpoint"]
+        assert hit, found
+        for r in hit:
+            frame = client.top_frame(r, found[r]["body"]["threadId"])
+            assert frame["line"] == line and frame["name"] == "main"
+            assert int(client.evaluate(r, "i", frame["id"])) >= 0
+        for session in (client.root, *children.values()):
+            session.request("setBreakpoints", {"source": {"path": path}, "breakpoints": []})
+        release.touch()
+        children[hit[0]].request("continue", {"threadId": found[hit[0]]["body"]["threadId"]})
+        client.close()
+        client = None
+        assert job.wait(240) == 0, job.output()[-3000:]
+        assert checksum(job.output()) == baseline
+    finally:
+        if client is not None:
+            client.close()
+        job.stop()

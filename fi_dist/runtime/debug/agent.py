@@ -153,6 +153,8 @@ class RankAgent:
         elif name == "pause":
             ensure_tracing()
             _pause_all_threads()
+        elif name == "unpause":
+            _unpause_all_threads()
         elif name == "resumed":
             with self._send_lock:
                 callbacks, self._on_resume = self._on_resume, []
@@ -196,17 +198,31 @@ class RankAgent:
         _pump(up, down)
 
 
+TRACE_MODES = ("lazy", "eager")
+"""``FI_DIST_DEBUG_TRACE``: when ranks start pydevd's tracing (docs/debug.md)."""
+
 _tracing = threading.Event()
 _tracing_lock = threading.Lock()
 
 
-def ensure_tracing() -> None:
-    """Turn pydevd's tracing of the main thread on (once), from any thread.
+def trace_mode() -> str:
+    """``lazy`` (default) or ``eager``, from ``FI_DIST_DEBUG_TRACE``."""
+    mode = os.environ.get(ev.FI_DIST_DEBUG_TRACE, "lazy").strip().lower() or "lazy"
+    if mode not in TRACE_MODES:
+        raise RuntimeError(f"{ev.FI_DIST_DEBUG_TRACE}={mode!r}: expected one of "
+                           f"{', '.join(TRACE_MODES)}")
+    return mode
 
-    With ``FI_DIST_DEBUG_TRACE=lazy`` ranks start untraced (Python 3.11's
-    ``sys.settrace`` slows every Python call) and the hub asks for tracing when a
-    breakpoint, a function breakpoint, an exception filter that needs it, or a pause
-    arrives. A no-op in the default eager mode.
+
+def ensure_tracing() -> None:
+    """Turn pydevd's tracing on for every user thread (once), from any thread.
+
+    In lazy mode ranks run untraced (on Python 3.11 ``sys.settrace`` slows every Python
+    call) until something needs it: a breakpoint, a function breakpoint or an exception
+    filter arrives (pydevd's ``on_breakpoints_changed``), a pause is requested, or
+    ``fi_dist.breakpoint()`` / post-mortem stops a rank. Frames already running get a
+    frame tracer too, so a breakpoint in the loop the rank is in is hit. A no-op in eager
+    mode.
     """
     if _tracing.is_set():
         return
@@ -215,22 +231,87 @@ def ensure_tracing() -> None:
             return
         import pydevd
         import pydevd_tracing
+        from _pydev_bundle import pydev_monkey
 
         py_db = pydevd.get_global_debugger()
         if py_db is None:
             return
-        main = threading.main_thread().ident
-        if main == threading.get_ident():
-            import debugpy
-
-            debugpy.trace_this_thread(True)
-        else:
-            # pydevd's own "attach to a running thread" path (set the thread state's trace
-            # function through its native helper), as used when attaching to a pid.
-            pydevd_tracing.set_trace_to_threads(py_db.trace_dispatch, thread_idents=[main],
+        me = threading.get_ident()
+        others = [t.ident for t in threading.enumerate()
+                  if t.ident not in (None, me) and not _is_debugger_thread(t)]
+        if not _is_debugger_thread(threading.current_thread()):
+            py_db.enable_tracing()
+        if others:
+            # pydevd's own "attach to a running process" path: set each thread state's
+            # trace function through its native helper (the threads may be in C code).
+            pydevd_tracing.set_trace_to_threads(py_db.trace_dispatch, thread_idents=others,
                                                 create_dummy_thread=False)
+        # Threads started from now on are traced as under eager mode.
+        pydev_monkey.enable_trace_thread_modules()
+        threading.settrace(py_db.trace_dispatch)
+        # The frames already on every stack (the training loop itself) get line events.
         py_db.set_tracing_for_untraced_contexts()
         _tracing.set()
+        log.debug("pydevd tracing on (lazy mode)")
+
+
+def _is_debugger_thread(t: threading.Thread) -> bool:
+    return bool(getattr(t, "is_pydev_daemon_thread", False)
+                or getattr(t, "pydev_do_not_trace", False))
+
+
+def _wants_tracing(py_db: Any) -> bool:
+    """Whether pydevd's configuration can only be honoured while tracing."""
+    return bool(py_db.breakpoints or py_db.function_breakpoint_name_to_breakpoint
+                or py_db.break_on_caught_exceptions or py_db.break_on_user_uncaught_exceptions
+                or py_db.has_plugin_line_breaks or py_db.has_plugin_exception_breaks)
+
+
+def _start_lazy() -> bool:
+    """Untrace this rank and hook pydevd so tracing starts the moment it is needed.
+
+    The hooks run in this process, in pydevd's own reader thread, before pydevd answers
+    the request: a breakpoint set while the rank runs (or before ``--wait-for-client``
+    releases it) is live before the rank can pass it. False when this pydevd lacks
+    what the hooks rely on (the rank then stays in eager mode).
+    """
+    try:
+        import debugpy
+        import pydevd
+        from _pydev_bundle import pydev_monkey
+        from _pydevd_bundle import pydevd_constants
+        from _pydevd_bundle.pydevd_api import PyDevdAPI
+    except ImportError:
+        return False
+    py_db = pydevd.get_global_debugger()
+    needed = ("on_breakpoints_changed", "breakpoints", "function_breakpoint_name_to_breakpoint",
+              "break_on_caught_exceptions", "break_on_user_uncaught_exceptions",
+              "has_plugin_line_breaks", "has_plugin_exception_breaks")
+    if (py_db is None or getattr(pydevd_constants, "PYDEVD_USE_SYS_MONITORING", False)
+            or not all(hasattr(py_db, n) for n in needed)
+            or not hasattr(PyDevdAPI, "request_suspend_thread")
+            or not hasattr(pydev_monkey, "disable_trace_thread_modules")):
+        # Python 3.12+: pydevd uses sys.monitoring, which costs little untriggered.
+        return False
+    changed = py_db.on_breakpoints_changed
+
+    def on_breakpoints_changed(removed: bool = False) -> None:
+        if not removed and _wants_tracing(py_db):
+            ensure_tracing()
+        changed(removed=removed)
+
+    py_db.on_breakpoints_changed = on_breakpoints_changed
+    suspend = PyDevdAPI.request_suspend_thread
+
+    def request_suspend_thread(self: Any, db: Any, thread_id: str = "*") -> Any:
+        ensure_tracing()  # a pause only lands on a traced thread
+        return suspend(self, db, thread_id)
+
+    PyDevdAPI.request_suspend_thread = request_suspend_thread  # type: ignore[method-assign]
+    pydev_monkey.disable_trace_thread_modules()
+    threading.settrace(None)  # type: ignore[arg-type]
+    debugpy.trace_this_thread(False)
+    return True
 
 
 def _pause_all_threads() -> None:
@@ -250,6 +331,15 @@ def _pause_all_threads() -> None:
     main = threading.main_thread()
     if main.is_alive() and set_additional_thread_info(main).pydev_state != STATE_SUSPEND:
         raise RuntimeError("the main thread was not marked suspended")
+
+
+def _unpause_all_threads() -> None:
+    """Cancel a pause that has not landed (or resume one that just did), in-process."""
+    import pydevd
+    from _pydevd_bundle.pydevd_api import PyDevdAPI
+
+    if pydevd.get_global_debugger() is not None:
+        PyDevdAPI().request_resume_thread("*")
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -294,12 +384,9 @@ def start(env: RankEnvironment) -> RankAgent:
     # Ranks are separate torchrun workers; following their subprocesses (dataloader
     # workers) would need one adapter session each and is not what users attach for.
     debugpy.configure(subProcess=False)
+    mode = trace_mode()
     adapter = debugpy.listen(("127.0.0.1", 0))
-    # Experimental: in a real job a breakpoint can be missed when tracing is switched on
-    # while the main thread is deep in native code (docs/debug.md), so eager is default.
-    if os.environ.get(ev.FI_DIST_DEBUG_TRACE, "eager") == "lazy":
-        debugpy.trace_this_thread(False)  # until the hub asks (see ensure_tracing)
-    else:
+    if mode == "eager" or not _start_lazy():
         _tracing.set()
     _agent = RankAgent(env, hub_address(env), token, (adapter[0], int(adapter[1])))
     _debugger_thread(_agent.run, name="fi-dist-debug-agent")

@@ -31,4 +31,5 @@ def debug_env(spec: DebugSpec, rank_port: int, token: str | None = None) -> dict
         ev.FI_DIST_DEBUG_TOKEN: token or new_token(),
         ev.FI_DIST_WAIT_FOR_CLIENT: "1" if spec.wait_for_client else "0",
         ev.FI_DIST_POST_MORTEM_WAIT: str(spec.post_mortem_wait),
+        ev.FI_DIST_DEBUG_TRACE: spec.trace,
     }

@@ -41,6 +41,8 @@ BLOCKED_AFTER = 0.3
 """Seconds a paused rank may keep running before the hub calls it blocked."""
 PAUSE_RETRY_MAX = 5.0
 """Longest wait between re-sent pauses to a rank that has not stopped yet."""
+UNPAUSE_WINDOW = 5.0
+"""Seconds after a cancelled pause during which a stop "by pause" is that pause, late."""
 ATTACH_TRIES = 5
 """Attach attempts per rank (an adapter still detaching a previous client refuses)."""
 
@@ -314,6 +316,9 @@ class Hub:
         if name == "fi-dist/closed":
             return
         if name == "stopped":
+            if self._late_pause(link, msg):
+                log.info("%s: a cancelled pause landed late; the rank resumes", link.label)
+                return
             first = link.state not in ("pausing", "blocked")
             link.state, link.stopped_event, link.blocked = "stopped", msg, None
             link.pause_pending = False
@@ -357,6 +362,7 @@ class Hub:
                 link.pause_pending = True
 
     def _send_pause(self, link: RankLink) -> None:
+        link.unpaused_at = 0.0
         link.pause_sent = sent = time.monotonic()
         # Through the agent, in-process: one hop less than a DAP pause via the adapter.
         link.command(cmd="pause")
@@ -417,10 +423,25 @@ class Hub:
             link.pause_pending = False
             if link is origin or link.state not in ("stopped", "pausing", "blocked"):
                 continue
-            if (up := link.live) is not None:
-                up.fire("continue", {"threadId": link.thread_id})
+            if link.state == "stopped":
+                if (up := link.live) is not None:
+                    up.fire("continue", {"threadId": link.thread_id})
+            else:
+                # Never stopped (a pause pending while it sat in a collective): pydevd
+                # answers a DAP continue only once a thread has actually resumed, and the
+                # adapter serves nothing else meanwhile, so cancel the pause in-process.
+                link.command(cmd="unpause")
+                link.unpaused_at = time.monotonic()
             link.state, link.blocked = "running", None
             link.command(cmd="state", state="running")
+
+    def _late_pause(self, link: RankLink, msg: dict[str, Any]) -> bool:
+        """A stop by a pause the client already continued (the agent's unpause resumes it)."""
+        reason = (msg.get("body") or {}).get("reason")
+        late = (reason == "pause" and link.state == "running"
+                and time.monotonic() - link.unpaused_at < UNPAUSE_WINDOW)
+        link.unpaused_at = 0.0
+        return late
 
     async def serve_forever(self) -> None:
         await asyncio.gather(*(s.serve_forever() for s in self._servers))

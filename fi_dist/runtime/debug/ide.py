@@ -252,6 +252,8 @@ class IdeSession:
             return
         if needs_tracing(cmd, args):
             link.command(cmd="trace")
+        if cmd == "pause":
+            link.unpaused_at = 0.0  # the stop it brings is this pause, not a cancelled one
         sink = self._threads_sink if cmd == "threads" else self.send
         try:
             up.forward(req, sink)

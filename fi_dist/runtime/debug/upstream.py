@@ -221,6 +221,8 @@ class RankLink:
     pause_sent: float = 0.0
     pause_pending: bool = False
     """A break-all pause owed to a rank whose session was not configured yet."""
+    unpaused_at: float = 0.0
+    """When a pause it never stopped for was cancelled in-process (0: none pending)."""
     blocked: str | None = None
     held: bool = False
     stack_waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
