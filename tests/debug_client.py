@@ -51,8 +51,11 @@ def main():
     if "loop" in modes:  # run until the test drops JOB_RELEASE; x is untouched
         print(f"rank {rank} loop tracing: {sys.gettrace() is not None}", flush=True)
         i = 0
-        while not os.path.exists(os.environ["JOB_RELEASE"]):
-            dist.all_reduce(torch.ones(1))
+        while True:  # all ranks agree on leaving, or the collectives would mismatch
+            done = torch.tensor([float(os.path.exists(os.environ["JOB_RELEASE"]))])
+            dist.all_reduce(done)
+            if done.item() > 0:
+                break
             spin(0.02)
             looped = i  # LOOP-LINE
             i += 1
@@ -199,7 +202,7 @@ while True:
     i = work(i) % 1000 + 1
     if LAST:
         last_only = i  # LIGHT-LAST-LINE
-    time.sleep(0.001)
+    time.sleep(float(os.environ.get("LIGHT_SLEEP", "0.001")))
 '''
 
 
