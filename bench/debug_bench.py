@@ -167,6 +167,32 @@ def _wait_registered(hub: StandaloneHub, world: int, timeout: float = 900) -> No
     raise RuntimeError(f"{world} ranks never all connected")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_role(hub: StandaloneHub) -> dict[str, float]:
+    """CPU seconds so far of the hub, the ranks, the debugpy adapters and this client."""
+    adapters = []  # debugpy daemonizes its adapters (parent: init), so find them by name
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"debugpy/adapter" in cmd and b"--for-server" in cmd:
+                adapters.append(int(entry.name))
+    return {"hub": _cpu_seconds(hub.proc.pid),
+            "ranks": sum(_cpu_seconds(p.pid) for p in hub.ranks),
+            "adapters": sum(_cpu_seconds(p) for p in adapters),
+            "client": _cpu_seconds(os.getpid())}
+
+
 def _drain(children: dict) -> None:
     for child in children.values():
         while not child.events.empty():
@@ -189,6 +215,7 @@ def _p34_session(hub: StandaloneHub, world: int, work_line: int, last_line: int,
         c.request("setBreakpoints", {"source": {"path": path}, "breakpoints": []})
     children[last].request("continue", {"threadId": stops[last]["body"]["threadId"]})
     p4 = []
+    before = _cpu_by_role(hub)
     for _ in range(reps):
         time.sleep(1.0)
         _drain(children)
@@ -199,6 +226,13 @@ def _p34_session(hub: StandaloneHub, world: int, work_line: int, last_line: int,
         p4.append(max(s["_t"] for s in stops.values()) - stops[last]["_t"])
         children[last].request("setBreakpoints", {"source": {"path": path}, "breakpoints": []})
         children[last].request("continue", {"threadId": stops[last]["body"]["threadId"]})
+    after = _cpu_by_role(hub)
+    # Where the CPU goes per rank stop (a stop/continue cycle of one rank), to tell the
+    # serial part (hub, client) from what a real cluster runs on every node in parallel.
+    per_stop = {k: (after[k] - before[k]) / (reps * world) * 1000 for k in after}
+    print(f"P4 {world} ranks: CPU ms per rank per stop/continue cycle (incl. the 1 s "
+          f"between reps): " + ", ".join(f"{k} {v:.2f}" for k, v in per_stop.items()),
+          flush=True)
     client.close()
     return p3, p4
 

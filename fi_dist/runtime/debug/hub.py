@@ -41,6 +41,10 @@ BLOCKED_AFTER = 0.3
 """Seconds a paused rank may keep running before the hub calls it blocked."""
 PAUSE_RETRY_MAX = 5.0
 """Longest wait between re-sent pauses to a rank that has not stopped yet."""
+RECORD_STOP_AFTER = 0.3
+"""Seconds after a stop before the hub asks the rank where it stopped (for status)."""
+ACTIVITY_EVERY = 1.0
+"""Least seconds between two debugger-activity notes to a rank (each writes a file)."""
 UNPAUSE_WINDOW = 5.0
 """Seconds after a cancelled pause during which a stop "by pause" is that pause, late."""
 ATTACH_TRIES = 5
@@ -308,7 +312,11 @@ class Hub:
         await asyncio.gather(*closing, return_exceptions=True)
 
     def activity(self, link: RankLink) -> None:
-        link.command(cmd="activity")
+        """Tell the rank (its idle culler) a human is at the debugger; at most 1/s."""
+        now = time.monotonic()
+        if now - link.activity_sent >= ACTIVITY_EVERY:
+            link.activity_sent = now
+            link.command(cmd="activity")
 
     # --- break all / continue all ------------------------------------------------------
     def _rank_event(self, link: RankLink, msg: dict[str, Any]) -> None:
@@ -325,16 +333,19 @@ class Hub:
             link.held = False  # a rank held on its way to fi_dist.breakpoint() got there
             if first:
                 self.pause_all(link)
-            asyncio.create_task(self._record_stop(link))
+            # Where it stopped, for `fi-dist status`: one more round trip per rank, so
+            # asked once the break-all fan-out is over rather than competing with it.
+            asyncio.get_running_loop().call_later(
+                RECORD_STOP_AFTER, lambda: asyncio.create_task(self._record_stop(link, msg)))
         elif name == "continued" and link.state == "stopped":
             link.state = "running"
             link.command(cmd="state", state="running")
         if link.child is not None and link.child.configured:
             link.child.send(msg)
 
-    async def _record_stop(self, link: RankLink) -> None:
+    async def _record_stop(self, link: RankLink, stop: dict[str, Any]) -> None:
         up = link.upstream
-        if up is None:
+        if up is None or link.stopped_event is not stop or link.state != "stopped":
             return
         try:
             resp = await asyncio.wait_for(up.request("stackTrace", {

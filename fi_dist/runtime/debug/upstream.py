@@ -221,6 +221,8 @@ class RankLink:
     pause_sent: float = 0.0
     pause_pending: bool = False
     """A break-all pause owed to a rank whose session was not configured yet."""
+    activity_sent: float = float("-inf")
+    """When the hub last told the rank of debugger activity (monotonic)."""
     unpaused_at: float = 0.0
     """When a pause it never stopped for was cancelled in-process (0: none pending)."""
     blocked: str | None = None
