@@ -310,8 +310,15 @@ def test_untraced_ranks_stop_inside_the_loop_they_already_run(tmp_path: Path,
                                      )["body"]["stackFrames"]
         assert any(f["name"] == "main" and f["source"]["path"] == str(job.script)
                    for f in frames), frames  # stopped inside the loop of main()
-        children[0].request("continue", {"threadId": found[0]["body"]["threadId"]})
+        # Continue from a rank that never stopped when there is one (what a generic
+        # client may do): the job continues, and no rank's session is left stalled.
+        blocked = [r for r, f in found.items() if isinstance(f, str)]
+        by = blocked[0] if blocked else 0
+        children[by].request("continue", {"threadId": found[0]["body"]["threadId"]},
+                             timeout=10)
         _check_resumed(job, children)
+        for child in children.values():
+            assert child.request("threads", timeout=10)["body"]["threads"]
 
         path, line = str(job.script), marker_line(job.script, "LOOP-LINE")
         for session in (client.root, *children.values()):

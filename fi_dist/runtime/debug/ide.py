@@ -246,6 +246,12 @@ class IdeSession:
         if up is None:
             self.respond(req, error=f"{link.label} has no live debug session ({link.state})")
             return
+        if cmd == "continue" and link.state != "stopped":
+            # pydevd answers a continue only once a thread resumes: sent to a rank that
+            # never stopped it would stall that rank's adapter. Continue the job instead.
+            self.respond(req, {"allThreadsContinued": True})
+            self.hub.continue_all(None)
+            return
         cached = up.cached(cmd, args) if cmd in CONFIG_COMMANDS else None
         if cached is not None:
             self.respond(req, cached.get("body") or {})
