@@ -92,7 +92,8 @@ def p1_debug(script: Path, work: Path, trace: str = "lazy",
     config = next(c for c in json.loads(vscode.read_text())["configurations"]
                   if c["name"] == "fi-dist: attach all ranks")
     bps = {str(script): [breakpoint_line]} if breakpoint_line else None
-    client = JobClient(config, breakpoints=bps)
+    # VSCode's defaults for debugpy: the "Uncaught Exceptions" filter on, others off.
+    client = JobClient(config, breakpoints=bps, exception_filters=["uncaught"])
     client.attach()
     client.wait_children(2, timeout=120)
     proc.wait(600)

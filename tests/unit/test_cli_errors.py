@@ -57,3 +57,8 @@ def test_local_dry_run_prints_each_node_with_pod_env(run_cli):
     assert env1["RANK"] == "1" and env1["WORLD_SIZE"] == "6" and env1["PET_NPROC_PER_NODE"] == "3"
     assert env1["MASTER_ADDR"] == env1["PET_MASTER_ADDR"] == "127.0.0.2"
     assert docs[0]["argv"][-2:] == ["--steps", "3"]
+
+
+def test_bad_debug_trace(run_cli):
+    r = run_cli("run", "--debug-trace", "always", str(EXAMPLES / "ddp_train.py"))
+    assert r.returncode == 2 and "--debug-trace" in r.stderr and "'lazy'" in r.stderr

@@ -105,3 +105,21 @@ def test_debug_env_is_empty_unless_enabled() -> None:
     assert env["FI_DIST_WAIT_FOR_CLIENT"] == "1" and len(env["FI_DIST_DEBUG_TOKEN"]) == 32
     other = debug_env(DebugSpec(enabled=True), rank_port=7)
     assert other["FI_DIST_DEBUG_TOKEN"] != env["FI_DIST_DEBUG_TOKEN"]
+
+
+def test_trace_mode_is_lazy_by_default_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fi_dist.errors import ConfigError
+    from fi_dist.runtime.debug import agent
+
+    assert debug_env(DebugSpec(enabled=True), rank_port=7)["FI_DIST_DEBUG_TRACE"] == "lazy"
+    eager = debug_env(DebugSpec(enabled=True, trace="eager"), rank_port=7)
+    assert eager["FI_DIST_DEBUG_TRACE"] == "eager"
+    with pytest.raises(ConfigError, match="debug.trace must be 'lazy' or 'eager', got 'often'"):
+        DebugSpec(enabled=True, trace="often")
+    monkeypatch.delenv("FI_DIST_DEBUG_TRACE", raising=False)
+    assert agent.trace_mode() == "lazy"
+    monkeypatch.setenv("FI_DIST_DEBUG_TRACE", "Eager")
+    assert agent.trace_mode() == "eager"
+    monkeypatch.setenv("FI_DIST_DEBUG_TRACE", "sometimes")
+    with pytest.raises(RuntimeError, match="FI_DIST_DEBUG_TRACE='sometimes'"):
+        agent.trace_mode()
