@@ -31,26 +31,21 @@ STEPS = "6"
 CHECKSUM = re.compile(r"^(?:final checksum: )?([0-9a-f]{16})$", re.M)  # python / pyflyte run
 
 
-def _children(pid: int) -> dict[int, str]:
-    """Every live descendant of ``pid``: pid -> command line."""
-    parents: dict[int, int] = {}
-    cmds: dict[int, str] = {}
+def _marked(mark: str) -> dict[int, str]:
+    """Every live process whose environment carries ``mark``: pid -> command line.
+
+    By environment, not by parent: debugpy daemonizes its adapters (their parent becomes
+    init), so counting the job's descendants saw an adapter only while it was starting.
+    """
+    needle = f"FI_DIST_TEST_MARK={mark}".encode()
+    out: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
         try:
-            stat = (entry / "stat").read_text()
-            cmds[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if entry.name.isdigit() and needle in (entry / "environ").read_bytes():
+                out[int(entry.name)] = (entry / "cmdline").read_bytes().replace(
+                    b"\0", b" ").decode()
         except OSError:
             continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    out, frontier = {}, [pid]
-    while frontier:
-        p = frontier.pop()
-        for child, parent in parents.items():
-            if parent == p and child not in out:
-                out[child] = cmds.get(child, "")
-                frontier.append(child)
     return out
 
 
@@ -97,7 +92,7 @@ class Job:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.2) and self.proc.poll() is None:
-            for k, pids in _kinds(_children(self.proc.pid)).items():
+            for k, pids in _kinds(_marked(self.mark)).items():
                 self.seen[k] |= pids
 
     @property
@@ -107,15 +102,7 @@ class Job:
 
     def leftovers(self) -> list[str]:
         """Processes of this job still alive (by the mark in their environment)."""
-        found = []
-        needle = f"FI_DIST_TEST_MARK={self.mark}".encode()
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and needle in (entry / "environ").read_bytes():
-                    found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-            except OSError:
-                continue
-        return found
+        return list(_marked(self.mark).values())
 
     def wait(self, timeout: float) -> str:
         try:
