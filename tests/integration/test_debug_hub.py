@@ -87,6 +87,12 @@ def _fuzz_rank_port(job: DebugJob) -> None:
             assert s.recv(65536) in (b"", b'{"ok":false,"error":"wrong token"}\n')
 
 
+def _ends_like_baseline(job: DebugJob, baseline: str) -> None:
+    """The job exits 0 with the checksum of the same run without --debug."""
+    assert job.wait(240) == 0, job.output()[-3000:]
+    assert checksum(job.output()) == baseline
+
+
 def test_break_on_all_ranks_2x2(tmp_path: Path, baseline: str) -> None:
     job = DebugJob(tmp_path, 2, 2, {"JOB_MODE": "break", "JOB_HOLD": "25"},
                    extra=("--wait-for-client",))
@@ -142,8 +148,7 @@ def test_break_on_all_ranks_2x2(tmp_path: Path, baseline: str) -> None:
             children[r].wait_event("continued", timeout=30)
         client.close()
         client = None
-        assert job.wait(240) == 0, job.output()[-3000:]
-        assert checksum(job.output()) == baseline
+        _ends_like_baseline(job, baseline)
     finally:
         if client is not None:
             client.close()
@@ -173,8 +178,7 @@ def test_rank_breakpoint_survives_short_timeouts(tmp_path: Path, baseline: str) 
         states = job.rank_states()
         assert all("waiting for rank 1" in str(states[r]) for r in (0, 2, 3)), states
         children[1].request("continue", {"threadId": stop["body"]["threadId"]})
-        assert job.wait(240) == 0, job.output()[-3000:]
-        assert checksum(job.output()) == baseline
+        _ends_like_baseline(job, baseline)
     finally:
         if client is not None:
             client.close()
@@ -338,8 +342,7 @@ def test_untraced_ranks_stop_inside_the_loop_they_already_run(tmp_path: Path,
         children[hit[0]].request("continue", {"threadId": found[hit[0]]["body"]["threadId"]})
         client.close()
         client = None
-        assert job.wait(240) == 0, job.output()[-3000:]
-        assert checksum(job.output()) == baseline
+        _ends_like_baseline(job, baseline)
     finally:
         if client is not None:
             client.close()

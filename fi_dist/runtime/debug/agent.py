@@ -148,11 +148,8 @@ class RankAgent:
             heartbeat.current().state(str(cmd.get("state")), **extra)
         elif name == "activity":
             heartbeat.current().debug_activity()
-        elif name == "trace":
-            ensure_tracing()
         elif name == "pause":
-            ensure_tracing()
-            _pause_all_threads()
+            _pause_all_threads()  # pydevd's suspend, hooked to switch tracing on first
         elif name == "unpause":
             _unpause_all_threads()
         elif name == "resumed":

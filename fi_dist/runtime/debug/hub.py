@@ -33,7 +33,7 @@ from fi_dist import env_vars as ev
 from fi_dist.runtime.debug import launchjson
 from fi_dist.runtime.debug.ide import HUB_KEYS, IdeSession
 from fi_dist.runtime.debug.protocol import MAX_LINE, ProtocolError, line, read_line
-from fi_dist.runtime.debug.upstream import RankLink, Upstream, needs_tracing
+from fi_dist.runtime.debug.upstream import RankLink, Upstream
 
 log = logging.getLogger("fi_dist.debug.hub")
 
@@ -200,9 +200,6 @@ class Hub:
                 try:
                     await up.configure(self._attach_args(args), self.exception_filters,
                                        self.breakpoints)
-                    if any(needs_tracing("setBreakpoints", b) for b in self.breakpoints.values()
-                           ) or needs_tracing("setExceptionBreakpoints", self.exception_filters):
-                        link.command(cmd="trace")
                     if link.pause_pending:
                         # The rank ran (configurationDone released it) before its attach
                         # answered and another rank stopped meanwhile: pause it now.
@@ -283,8 +280,6 @@ class Hub:
             if (up := link.live) is not None:
                 up.forget(command, args)  # children must ask the rank again
                 up.fire(command, args)
-                if needs_tracing(command, args):
-                    link.command(cmd="trace")
 
     async def ide_closed(self, session: IdeSession) -> None:
         if session.link is not None and session.link.child is session:

@@ -23,7 +23,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fi_dist.runtime.debug.protocol import ProtocolError, encode, read_message
-from fi_dist.runtime.debug.upstream import needs_tracing
 
 if TYPE_CHECKING:
     from fi_dist.runtime.debug.hub import Hub
@@ -256,8 +255,6 @@ class IdeSession:
         if cached is not None:
             self.respond(req, cached.get("body") or {})
             return
-        if needs_tracing(cmd, args):
-            link.command(cmd="trace")
         if cmd == "pause":
             link.unpaused_at = 0.0  # the stop it brings is this pause, not a cancelled one
         sink = self._threads_sink if cmd == "threads" else self.send

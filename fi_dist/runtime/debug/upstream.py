@@ -35,20 +35,6 @@ Sink = Callable[[dict[str, Any]], None]
 """Where a forwarded response goes (an IDE session's send)."""
 
 
-NEEDS_TRACING_FILTERS = ("raised", "userUnhandled")
-"""Exception filters pydevd can only honour while tracing ("uncaught" needs none)."""
-
-
-def needs_tracing(command: str, args: dict[str, Any]) -> bool:
-    """Whether a configuration request makes the rank's main thread need tracing."""
-    if command in ("setBreakpoints", "setFunctionBreakpoints"):
-        return bool(args.get("breakpoints"))
-    if command == "setExceptionBreakpoints":
-        return any(f in NEEDS_TRACING_FILTERS for f in args.get("filters") or []) or bool(
-            args.get("filterOptions") or args.get("exceptionOptions"))
-    return command in ("pause", "goto")
-
-
 class Upstream:
     """A DAP session with one rank's adapter, spoken through the rank agent's relay."""
 
