@@ -157,6 +157,11 @@ class Hub:
                 link.pause_pending = True
         elif event == "hold":
             link.held = True
+            if link.state in ("pausing", "blocked"):
+                # A break-all pause went out before this rank said it is on its way to
+                # fi_dist.breakpoint(): take it back (the rank reports its own state).
+                self._cancel_pause(link)
+                link.state, link.blocked = "running", None
         elif event == "release":
             link.held = False
 
@@ -433,13 +438,18 @@ class Hub:
                 if (up := link.live) is not None:
                     up.fire("continue", {"threadId": link.thread_id})
             else:
-                # Never stopped (a pause pending while it sat in a collective): pydevd
-                # answers a DAP continue only once a thread has actually resumed, and the
-                # adapter serves nothing else meanwhile, so cancel the pause in-process.
-                link.command(cmd="unpause")
-                link.unpaused_at = time.monotonic()
+                self._cancel_pause(link)
             link.state, link.blocked = "running", None
             link.command(cmd="state", state="running")
+
+    def _cancel_pause(self, link: RankLink) -> None:
+        """Take back a pause the rank never stopped for, in-process.
+
+        Not a DAP continue: pydevd answers that only once a thread has actually resumed,
+        and the adapter serves nothing else for the rank meanwhile.
+        """
+        link.command(cmd="unpause")
+        link.unpaused_at = time.monotonic()
 
     def _late_pause(self, link: RankLink, msg: dict[str, Any]) -> bool:
         """A stop by a pause the client already continued (the agent's unpause resumes it)."""
