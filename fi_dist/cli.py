@@ -1,18 +1,24 @@
 """``fi-dist``: run, preempt and inspect distributed training jobs.
 
-Subcommands: run, preempt, status. Flag names follow torchrun's.
+Subcommands: run, preempt, status, attach, logs, cancel, resume. Flag names follow
+torchrun's.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 
 from fi_dist import procs, rundir
 from fi_dist.config import load_spec
 from fi_dist.errors import ConfigError, FiDistError
+from fi_dist.job_commands import (
+    add_job_arguments,
+    cmd_attach,
+    cmd_cancel,
+    cmd_logs,
+    cmd_status,
+)
 from fi_dist.spec import JobSpec
 
 # Flags of `run` that map onto JobSpec fields; None means "not given on the command line".
@@ -67,12 +73,10 @@ def _add_debug_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_attach(sub: argparse._SubParsersAction) -> None:
-    from fi_dist.job_commands import add_job_arguments
-
-    p = sub.add_parser("attach", help="the IDE attach configuration of the newest --debug job")
+    p = sub.add_parser("attach", help="the IDE attach configuration of a --debug job "
+                       "(default: the newest run here; a cluster job is port-forwarded)")
     p.add_argument("--print", action="store_true", dest="print_config",
-                   help="print the 'fi-dist: attach all ranks' configuration as JSON")
-    # With JOB: a cluster job; port-forward to its Master pod's hub (docs/launchers.md).
+                   help="print the 'fi-dist: attach all ranks' configuration as JSON only")
     add_job_arguments(p, required=False)
     p.add_argument("--local-port", type=int, default=None,
                    help="local port of the forward to the hub (default: the hub's port)")
@@ -80,8 +84,6 @@ def _add_attach(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_job_commands(sub: argparse._SubParsersAction) -> None:
-    from fi_dist.job_commands import add_job_arguments, cmd_cancel, cmd_logs
-
     p = sub.add_parser("logs", help="log lines of a cluster or Ray job (per rank)")
     add_job_arguments(p)
     p.add_argument("--rank", type=int, default=None, help="only this rank's lines")
@@ -133,11 +135,10 @@ def _add_preempt(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="show every rank of the newest local job")
+    p = sub.add_parser("status", help="a job's state and every rank's (default: the newest "
+                       "run here)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    from fi_dist.job_commands import add_job_arguments
-
-    add_job_arguments(p, required=False)  # with JOB: a cluster/Ray job's state
+    add_job_arguments(p, required=False)
     p.set_defaults(func=cmd_status)
 
 
@@ -186,23 +187,16 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from fi_dist.console import make_view
     from fi_dist.registry import get_launcher
 
     spec = spec_from_args(args)
     launcher = get_launcher(spec.launcher)
-    if spec.launcher == "local" and not args.dry_run:
-        from fi_dist.console import make_view
-
-        launcher.view = make_view(force_plain=args.plain)  # type: ignore[attr-defined]
     dry = launcher.dryrun(spec)
     if args.dry_run:
         sys.stdout.write(dry.to_yaml())
         return 0
-    if spec.launcher in ("local", "ray"):  # both supervise the job to its end
-        return launcher.run(dry).exitcode  # type: ignore[attr-defined]
-    job_id = launcher.schedule(dry)
-    print(f"submitted {job_id}")
-    return 0
+    return launcher.run(dry, make_view(force_plain=args.plain))
 
 
 def cmd_preempt(args: argparse.Namespace) -> int:
@@ -217,64 +211,6 @@ def cmd_preempt(args: argparse.Namespace) -> int:
     killed = procs.terminate(run.run_id, args.node, grace=args.grace)
     if killed:
         print(f"fi-dist: {killed} processes ignored SIGTERM and were killed")
-    return 0
-
-
-def _rank_state(info: dict, now: float) -> str:
-    state = info.get("state", "?")
-    if state in ("exited", "failed"):
-        return f"exited {info.get('exitcode')}"
-    if state == "running" and not rundir.pid_alive(info.get("pid", -1)):
-        return "gone"
-    return state
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    if args.job:
-        from fi_dist.job_commands import cmd_job_status
-
-        return cmd_job_status(args)
-    run = rundir.current_run(require_alive=False)
-    info = run.read_run()
-    ranks = run.ranks()
-    now = time.time()
-    from fi_dist.runtime.idle import read_node_idle
-
-    idle = read_node_idle(run)  # nodes/<k>.idle.json, written by each node's culler
-    rows = [{"rank": r, "node": d.get("node"), "pid": d.get("pid"),
-             "state": _rank_state(d, now), **{k: d[k] for k in d if k.startswith("idle")},
-             **({"idle": idle[d["node"]]["phase"], "idle_for": idle[d["node"]]["idle_for"]}
-                if d.get("node") in idle else {})}
-            for r, d in sorted(ranks.items())]
-    if args.json:
-        print(json.dumps({"run_id": run.run_id, "job_state": info.get("job_state"),
-                          "ranks": rows, "idle": {str(n): v for n, v in idle.items()}},
-                         indent=2))
-        return 0
-    print(f"run {run.run_id}: {info.get('job_state', '?')}")
-    print(f"{'rank':>4}  {'node':>4}  {'pid':>7}  state")
-    for row in rows:
-        extra = f"  [idle: {row['idle']}, {row['idle_for']:.0f}s]" if "idle" in row else ""
-        print(f"{row['rank']:>4}  {row['node']:>4}  {row['pid']:>7}  {row['state']}{extra}")
-    return 0
-
-
-def cmd_attach(args: argparse.Namespace) -> int:
-    if args.job:
-        from fi_dist.job_commands import cmd_remote_attach
-
-        return cmd_remote_attach(args)
-    from fi_dist.runtime.debug.launchjson import read_config
-
-    run = rundir.current_run(require_alive=False)
-    config = read_config(run.path)
-    if config is None:
-        raise ConfigError(f"run {run.run_id} has no debug hub (start it with `fi-dist run "
-                          "--debug`, and wait until the hub is up)")
-    print(json.dumps(config, indent=2))
-    if not args.print_config:
-        print("paste this into .vscode/launch.json (the hub already wrote it in the job's "
-              "working directory) and start it in VSCode's Run and Debug view", file=sys.stderr)
     return 0
 
 

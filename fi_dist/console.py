@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 from typing import TextIO
 
 _PREFIX = re.compile(r"^\[node(\d+) rank(\d+)\] ?(.*)$")
@@ -90,6 +91,43 @@ class LiveView(PlainView):
         if self._live:
             self._live.stop()
             self._live = None
+
+
+class TeeView(PlainView):
+    """Shows through ``view`` and appends every line and message to ``path`` as well."""
+
+    def __init__(self, view: PlainView, path: Path) -> None:
+        super().__init__(view.out)
+        self.view = view
+        self._log = path.open("a")
+
+    def __enter__(self) -> TeeView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._log.close()
+
+    def _write(self, text: str) -> None:
+        if not self._log.closed:
+            self._log.write(text + "\n")
+            self._log.flush()
+
+    def start(self, nnodes: int, nproc_per_node: int) -> None:
+        self.view.start(nnodes, nproc_per_node)
+
+    def node_state(self, node: int, state: str) -> None:
+        self.view.node_state(node, state)
+
+    def line(self, node: int, text: str) -> None:
+        self.view.line(node, text)
+        self._write(text)
+
+    def message(self, text: str) -> None:
+        self.view.message(text)
+        self._write(text)
+
+    def stop(self) -> None:
+        self.view.stop()
 
 
 def make_view(force_plain: bool = False) -> PlainView:

@@ -1,8 +1,11 @@
-"""``fi-dist status|logs|cancel|attach JOB --launcher L``: commands on a submitted job.
+"""``fi-dist status|logs|cancel|attach [JOB] [--launcher L]``: commands on one job.
 
-The CLI parses; these functions find the launcher by name and call its interface
-(status/logs/cancel, and ``attach`` where the launcher has one). API errors from a
-cluster become :class:`~fi_dist.errors.LauncherError` with the server's reason.
+The CLI parses; these functions find the job's launcher and call the
+:class:`~fi_dist.launcher.Launcher` interface, nothing launcher-specific. Without JOB
+the newest run under the working directory is meant; a JOB that names a run there
+finds its own launcher; otherwise ``--launcher`` (default pytorchjob) says where it
+runs. API errors from a cluster become :class:`~fi_dist.errors.LauncherError` with the
+server's reason.
 """
 
 from __future__ import annotations
@@ -16,21 +19,41 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fi_dist import rundir
 from fi_dist.errors import LauncherError
+from fi_dist.launcher import JobStatus, Launcher
+
+DEFAULT_CLUSTER_LAUNCHER = "pytorchjob"
 
 
 def add_job_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("job", nargs=None if required else "?",
-                   help="job id: NAME or NAMESPACE:NAME (cluster launchers), run id (ray)")
-    p.add_argument("--launcher", default="pytorchjob",
-                   help="the launcher that started the job (default pytorchjob)")
+                   help="job id: a run id (local, ray), or NAME / NAMESPACE:NAME (clusters); "
+                        "default: the newest run here" if not required else
+                        "job id: a run id (local, ray), or NAME / NAMESPACE:NAME (clusters)")
+    p.add_argument("--launcher", default=None,
+                   help="the launcher that started the job (default: the run's own, else "
+                        f"{DEFAULT_CLUSTER_LAUNCHER})")
     p.add_argument("--namespace", default=None, help="Kubernetes namespace (or NAMESPACE:NAME)")
 
 
-def _job_id(args: argparse.Namespace) -> str:
-    if args.namespace and ":" not in args.job:
-        return f"{args.namespace}:{args.job}"
-    return args.job
+def resolve(args: argparse.Namespace) -> tuple[Launcher, str]:
+    """The job's launcher and id, from JOB / --launcher / the newest run here.
+
+    Raises:
+        NoRunningJobError: no JOB and no run under the working directory.
+    """
+    from fi_dist.registry import get_launcher
+
+    job = args.job
+    if job is None:
+        run = rundir.current_run(require_alive=False)
+        return get_launcher(args.launcher or run.launcher()), run.run_id
+    if args.namespace and ":" not in job:
+        job = f"{args.namespace}:{job}"
+    local = rundir.RunDir(rundir.root() / "runs" / job)
+    name = args.launcher or (local.launcher() if local.exists() else DEFAULT_CLUSTER_LAUNCHER)
+    return get_launcher(name), job
 
 
 @contextlib.contextmanager
@@ -49,61 +72,79 @@ def _api_errors() -> Iterator[None]:
         raise
 
 
-def _launcher(args: argparse.Namespace) -> Any:
-    from fi_dist.registry import get_launcher
+def format_status(st: JobStatus) -> str:
+    lines = [f"{st.job_id}: {st.state.value}" + (f" ({st.message})" if st.message else "")]
+    if st.ranks:
+        lines.append(f"{'rank':>4}  {'node':>4}  {'pid':>7}  state")
+        for rank, row in sorted(st.ranks.items()):
+            extra = (f"  [idle: {row['idle']}, {row['idle_for']:.0f}s]" if "idle" in row
+                     else "")
+            lines.append(f"{rank:>4}  {row.get('node')!s:>4}  {row.get('pid')!s:>7}  "
+                         f"{row.get('state')}{extra}")
+    return "\n".join(lines)
 
-    return get_launcher(args.launcher)
 
-
-def cmd_job_status(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
+    launcher, job = resolve(args)
     with _api_errors():
-        st = _launcher(args).status(_job_id(args))
-    if getattr(args, "json", False):
+        st = launcher.status(job)
+    if args.json:
         print(json.dumps({"job_id": st.job_id, "state": st.state.value, "message": st.message,
-                          "exitcode": st.exitcode}, indent=2))
+                          "exitcode": st.exitcode,
+                          "ranks": [{"rank": r, **row} for r, row in sorted(st.ranks.items())],
+                          "idle": {str(n): v for n, v in st.idle.items()}}, indent=2))
     else:
-        print(f"{st.job_id}: {st.state.value}" + (f" ({st.message})" if st.message else ""))
+        print(format_status(st))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    launcher, job = resolve(args)
     with _api_errors():
-        for line in _launcher(args).logs(_job_id(args), rank=args.rank):
+        for line in launcher.logs(job, rank=args.rank):
             print(line)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    launcher, job = resolve(args)
     with _api_errors():
-        _launcher(args).cancel(_job_id(args))
-    print(f"cancelled {_job_id(args)}")
+        launcher.cancel(job)
+    print(f"cancelled {job}")
     return 0
 
 
-def cmd_remote_attach(args: argparse.Namespace,
-                      wait: Callable[[], None] | None = None) -> int:
-    """Port-forward to the job's hub, print and write the attach config, hold the forward."""
-    launcher = _launcher(args)
-    if not hasattr(launcher, "attach"):
-        raise LauncherError(f"launcher {args.launcher!r} cannot attach to a job by id")
+def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None) -> int:
+    """Print the attach config, write it to .vscode/launch.json, hold any port forward."""
+    launcher, job = resolve(args)
     with _api_errors():
-        fwd, config = launcher.attach(_job_id(args), local_port=args.local_port)
+        attachment = launcher.attach(job, local_port=args.local_port)
+    config: dict[str, Any] = attachment.config
     print(json.dumps(config, indent=2))
     if args.print_config:
-        fwd.close()
+        attachment.close()
         return 0
-    from fi_dist.launchers.pytorchjob import write_launch_json
+    from fi_dist.launchjson import write_launch_json
 
     path = Path.cwd() / ".vscode" / "launch.json"
-    write_launch_json(config, path)
-    print(f"fi-dist: forwarding 127.0.0.1:{fwd.local_port} -> the hub of {_job_id(args)}; "
-          f"'{config['name']}' written to {path}. Ctrl-C ends the forward.", file=sys.stderr)
+    try:
+        write_launch_json(config, path)
+    except BaseException:
+        attachment.close()
+        raise
+    where = (f"forwarding 127.0.0.1:{attachment.forward.local_port} -> the hub of {job}; "
+             if attachment.forward is not None else "")
+    print(f"fi-dist: {where}'{config['name']}' written to {path}; start it in VSCode's Run "
+          "and Debug view." + (" Ctrl-C ends the forward." if attachment.forward else ""),
+          file=sys.stderr)
+    if attachment.forward is None:
+        return 0
     try:
         (wait or _forever)()
     except KeyboardInterrupt:
         pass
     finally:
-        fwd.close()
+        attachment.close()
     return 0
 
 

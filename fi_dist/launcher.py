@@ -1,8 +1,11 @@
-"""The Launcher interface every backend implements (torchx's Scheduler, trimmed).
+"""The Launcher interface every backend implements (torchx's Scheduler, grown a little).
 
 ``dryrun(spec)`` builds the backend's request without touching a network or starting
-a process; ``schedule(request)`` sends it. ``submit`` is the two in a row. Backends
-live in ``fi_dist.launchers`` and are found by name through :mod:`fi_dist.registry`.
+a process; ``schedule(request)`` sends it; ``run(request, view)`` takes a job to its end
+(launchers that supervise their ranks, local and Ray) or submits it (cluster
+launchers). ``status``, ``logs``, ``cancel`` and ``attach`` act on a job by id. Backends
+live in ``fi_dist.launchers`` and are found by name through :mod:`fi_dist.registry`;
+the CLI only ever talks to this interface.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ import abc
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from fi_dist.errors import LauncherError
+from fi_dist import rundir
+from fi_dist.console import PlainView
+from fi_dist.errors import ConfigError, LauncherError
 from fi_dist.spec import JobSpec
 
 
@@ -37,6 +43,9 @@ class JobStatus:
     message: str = ""
     exitcode: int | None = None
     ranks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Per rank: node, pid, state (``running``, ``paused at f.py:3``, ``exited 1`` ...)."""
+    idle: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Per node: the idle culler's last sample."""
 
 
 @dataclass
@@ -74,6 +83,16 @@ class Launcher(abc.ABC):
     def submit(self, spec: JobSpec) -> str:
         return self.schedule(self.dryrun(spec))
 
+    def run(self, dryrun: DryRun, view: PlainView) -> int:
+        """Take the job to its end and return its exit code.
+
+        Launchers that only submit (clusters with an operator) submit and return 0; the
+        job then runs on its own (``status``, ``logs``, ``attach``).
+        """
+        job_id = self.schedule(dryrun)
+        view.message(f"submitted {job_id}")
+        return 0
+
     def status(self, job_id: str) -> JobStatus:
         raise LauncherError(f"launcher {self.name!r} cannot report status")
 
@@ -82,3 +101,74 @@ class Launcher(abc.ABC):
 
     def cancel(self, job_id: str) -> None:
         raise LauncherError(f"launcher {self.name!r} cannot cancel jobs")
+
+    def attach(self, job_id: str, local_port: int | None = None) -> Attachment:
+        """The debug hub of a ``--debug`` job: its attach configuration, reachable here.
+
+        Raises:
+            LauncherError: the job has no hub, or this launcher cannot reach one.
+        """
+        raise LauncherError(f"launcher {self.name!r} cannot attach to a job")
+
+
+class Forward(Protocol):
+    """A local port forwarded to a job's hub (``kubectl port-forward``)."""
+
+    local_port: int
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Attachment:
+    """How the IDE reaches a job's hub."""
+
+    config: dict[str, Any]
+    """The ``fi-dist: attach all ranks`` launch configuration (holds the job token)."""
+    forward: Forward | None = None
+    """A port forward that must stay open while the IDE is attached (clusters)."""
+
+    def close(self) -> None:
+        if self.forward is not None:
+            self.forward.close()
+
+
+# --- jobs that keep a run directory (local, Ray) ----------------------------------------
+def _rank_state(info: dict[str, Any]) -> str:
+    state = info.get("state", "?")
+    if state in ("exited", "failed"):
+        return f"exited {info.get('exitcode')}"
+    if state == "running" and not rundir.pid_alive(info.get("pid", -1)):
+        return "gone"
+    return str(state)
+
+
+def run_status(path: Path) -> JobStatus:
+    """A run directory's job and rank states (with each node's idle phase)."""
+    run = rundir.RunDir(path)
+    info = run.read_run()
+    if not info:
+        return JobStatus(path.name, JobState.UNKNOWN, "no such run")
+    state = JobState(info.get("job_state", "unknown"))
+    if state is JobState.RUNNING and not rundir.pid_alive(info.get("pid", -1)):
+        state = JobState.UNKNOWN
+    idle = run.node_idle()
+    ranks: dict[int, dict[str, Any]] = {}
+    for r, d in sorted(run.ranks().items()):
+        row = {"node": d.get("node"), "pid": d.get("pid"), "state": _rank_state(d),
+               **{k: v for k, v in d.items() if k.startswith(("idle", "checkpoint"))}}
+        if d.get("node") in idle:
+            row.update(idle=idle[d["node"]]["phase"], idle_for=idle[d["node"]]["idle_for"])
+        ranks[r] = row
+    return JobStatus(run.run_id, state, exitcode=info.get("exitcode"), ranks=ranks,
+                     idle={n: v for n, v in idle.items()})
+
+
+def run_attachment(path: Path) -> Attachment:
+    """The attach configuration the hub of the run at ``path`` published."""
+    run = rundir.RunDir(path)
+    config = run.debug_config()
+    if config is None:
+        raise ConfigError(f"run {run.run_id} has no debug hub (start it with `fi-dist run "
+                          "--debug`, and wait until the hub is up)")
+    return Attachment(config)

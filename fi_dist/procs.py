@@ -12,8 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from fi_dist import env_vars as ev
 
@@ -78,3 +82,73 @@ def terminate(run_id: str, node: int | None = None, grace: float = 30.0, poll: f
     left = job_processes(run_id, node)
     signal_pids(left, signal.SIGKILL)
     return len(left)
+
+
+class StartError(RuntimeError):
+    """A helper process did not announce itself; the message holds its last output."""
+
+
+class ReadyProcess:
+    """A helper process that printed its ready line; the rest of its output goes on.
+
+    Its further output is copied to this process's stderr by a daemon thread.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str], ready: str) -> None:
+        self.proc = proc
+        self.ready = ready
+        """The ready line, e.g. ``fi-dist-hub-ready 5678 41233``."""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_ready(argv: list[str], ready: str, env: dict[str, str] | None = None,
+                cwd: str | None = None, timeout: float = 30.0) -> ReadyProcess:
+    """Start ``argv`` and wait until it prints a line starting with ``ready``.
+
+    Raises:
+        StartError: it exited or stayed silent for ``timeout`` seconds.
+    """
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    found: list[str] = []
+
+    def wait_ready() -> None:
+        assert proc.stdout is not None
+        for text in proc.stdout:
+            if text.startswith(ready):
+                found.append(text.strip())
+                return
+            seen.append(text)
+            sys.stderr.write(text)
+
+    reader = threading.Thread(target=wait_ready, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found:
+        proc.kill()
+        proc.wait()
+        raise StartError("".join(seen[-20:]) or f"no output in {timeout:g}s")
+    threading.Thread(target=_copy_to_stderr, args=(proc.stdout,), daemon=True).start()
+    return ReadyProcess(proc, found[0])
+
+
+def _copy_to_stderr(stream: Any) -> None:
+    for text in stream:
+        sys.stderr.write(text)
+        sys.stderr.flush()

@@ -16,7 +16,7 @@ _BACKENDS: dict[str, str] = {
     "local": "local",
     "pytorchjob": "pytorchjob",
     "ray": "ray",
-    "rayjob": "rayjob",
+    "rayjob": "kuberay",
     "trainjob": "trainjob",
 }
 

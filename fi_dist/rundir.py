@@ -26,6 +26,8 @@ from typing import Any
 from fi_dist.errors import NoRunningJobError
 
 ROOT_NAME = ".fi-dist"
+DEBUG_FILE = "debug.json"
+"""In a run directory: the hub's attach configuration and rank port (holds the token)."""
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -110,6 +112,36 @@ class RunDir:
     def nodes(self) -> dict[int, dict[str, Any]]:
         """Every node agent's result, by node rank."""
         return self._indexed("nodes")
+
+    def exists(self) -> bool:
+        return (self.path / "run.json").is_file()
+
+    def launcher(self) -> str:
+        """The launcher that ran this run (runs before it was recorded were local)."""
+        return str(self.read_run().get("launcher") or "local")
+
+    @property
+    def debug_file(self) -> Path:
+        return self.path / DEBUG_FILE
+
+    def debug_config(self) -> dict[str, Any] | None:
+        """The attach configuration the job's hub published, or None before it is up."""
+        data = read_json(self.debug_file)
+        return data.get("config") if data else None
+
+    def idle_file(self, node: int) -> Path:
+        """Where node ``node``'s idle culler leaves its last sample."""
+        return self.path / "nodes" / f"{node}.idle.json"
+
+    def node_idle(self) -> dict[int, dict[str, Any]]:
+        """Every node's last idle state: {node: {"phase": ..., "idle_for": ..., ...}}."""
+        out: dict[int, dict[str, Any]] = {}
+        for f in sorted((self.path / "nodes").glob("*.idle.json")):
+            stem = f.name.split(".", 1)[0]
+            data = read_json(f)
+            if data is not None and stem.isdigit():
+                out[int(stem)] = data
+        return out
 
     def record_preemption(self, node: int, grace: float) -> None:
         """Note that ``node`` was preempted now (the root cause the summary reports)."""

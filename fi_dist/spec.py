@@ -77,7 +77,7 @@ class ResourceSpec:
 _IDLE_SAMPLERS = ("auto", "nvml", "cpu")
 
 
-@dataclass
+@dataclass(frozen=True)
 class IdleSpec:
     """Idle-worker culling (fi_dist.runtime.idle); off unless ``enabled``."""
 
@@ -99,7 +99,7 @@ class IdleSpec:
     """A busy node's rank is hung when its step heartbeat is this many median steps old."""
     webhook: str | None = None
     """URL that receives each notification as an HTTP POST with a JSON body."""
-    email: list[str] = field(default_factory=list)
+    email: tuple[str, ...] = ()
     """Addresses that receive each notification by mail."""
     smtp: str = "localhost:25"
     """SMTP server HOST:PORT for ``email``."""
@@ -125,7 +125,9 @@ class IdleSpec:
         if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
             raise ConfigError(f"idle.webhook must be an http(s) URL, got {self.webhook!r}")
         if isinstance(self.email, str):
-            self.email = [a.strip() for a in self.email.split(",") if a.strip()]
+            object.__setattr__(self, "email", tuple(a.strip() for a in self.email.split(",")
+                                                    if a.strip()))
+        object.__setattr__(self, "email", tuple(self.email))
         if not all(isinstance(a, str) and "@" in a for a in self.email):
             raise ConfigError(f"idle.email must be mail addresses, got {self.email!r}")
         host, sep, port = self.smtp.rpartition(":")

@@ -103,9 +103,46 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
                 else f"node agent exited with {code}")
             failures.append(RootCause(f"node {node_rank}", code if code > 0 else 128 - code,
                                       msg, None, float(result.get("ended") or float("inf"))))
+    return _conclude(outcomes, failures, ranks, world_size)
+
+
+def summarize_ranks(run: RunDir, nproc_per_node: int, rank_exits: dict[int, int | None],
+                    seen: dict[int, float]) -> Summary:
+    """A :class:`Summary` for launchers whose units are ranks (Ray actors).
+
+    Args:
+        rank_exits: each rank's exit code (None: never reported).
+        seen: when the launcher saw each rank end (wall clock), for ranks that did not
+            record their own failure time.
+    """
+    ranks = run.ranks()
+    outcomes: list[RankOutcome] = []
+    failures: list[RootCause] = []
+    for rank, code in sorted(rank_exits.items()):
+        node = rank // nproc_per_node
+        info = ranks.get(rank, {})
+        if code is None:
+            outcomes.append(RankOutcome(rank, node, None, "ended before reporting"))
+            continue
+        own = info.get("state") == "failed" and info.get("ended")
+        message = info.get("error") or (f"killed by {_signal_name(code)}" if code > 128
+                                        else f"exited {code}")
+        outcomes.append(RankOutcome(rank, node, code, message if code else ""))
+        if code:
+            when = float(info["ended"]) if own else seen.get(rank, float("inf"))
+            failures.append(RootCause(f"rank {rank} (node {node})", code, message, None, when))
+    for p in run.preemptions():
+        failures.append(RootCause(f"node {p['node']}", 143,
+                                  "preempted (SIGTERM to every process of the node)",
+                                  None, float(p["time"])))
+    return _conclude(outcomes, failures, ranks, len(rank_exits))
+
+
+def _conclude(outcomes: list[RankOutcome], failures: list[RootCause],
+              ranks: dict[int, dict], world_size: int) -> Summary:
     if not failures:
-        bad = [o for o in outcomes if o.exitcode]
-        return Summary(outcomes, None, bad[0].exitcode if bad else 0)  # type: ignore[arg-type]
+        bad = [o.exitcode for o in outcomes if o.exitcode]
+        return Summary(outcomes, None, bad[0] if bad else 0)
     root = min(failures, key=lambda c: c.timestamp)
     exitcode = root.exitcode if root.exitcode > 0 else 128 - root.exitcode
     saved = {info.get("checkpoint_step") for info in ranks.values()}

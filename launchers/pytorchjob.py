@@ -17,7 +17,7 @@ from typing import Any
 from fi_dist.errors import LauncherError
 from fi_dist.k8s import pytorchjob as manifest
 from fi_dist.k8s.validation import validate
-from fi_dist.launcher import DryRun, JobState, JobStatus
+from fi_dist.launcher import Attachment, DryRun, JobState, JobStatus
 from fi_dist.launchers.kube import KubernetesLauncher
 from fi_dist.spec import JobSpec
 
@@ -113,8 +113,8 @@ class PyTorchJobLauncher(KubernetesLauncher):
         secret = self.cluster.core.read_namespaced_secret(f"{name}-fi-dist-debug", namespace)
         return base64.b64decode(secret.data[manifest.TOKEN_KEY]).decode()
 
-    def attach(self, job_id: str, local_port: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """Port-forward to the Master pod's hub; returns (forwarder, launch config).
+    def attach(self, job_id: str, local_port: int | None = None) -> Attachment:
+        """Port-forward to the Master pod's hub; the attachment holds the forward.
 
         The local port defaults to the hub's own port: the hub tells the IDE to open
         each rank's session at ``127.0.0.1:<hub port>``, which then is the forward too.
@@ -137,7 +137,8 @@ class PyTorchJobLauncher(KubernetesLauncher):
                                 f"forward ({exc.strerror}); pick another with --local-port "
                                 "(the IDE's per-rank sessions then need the hub port free)"
                                 ) from None
-        return fwd, attach_config("127.0.0.1", fwd.local_port, self.hub_token(ns, name))
+        return Attachment(attach_config("127.0.0.1", fwd.local_port, self.hub_token(ns, name)),
+                          forward=fwd)
 
 
 def create_launcher() -> PyTorchJobLauncher:

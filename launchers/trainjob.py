@@ -13,9 +13,11 @@ class TrainJobLauncher(Launcher):
     name = "trainjob"
 
     def dryrun(self, spec: JobSpec) -> DryRun:
-        doc = manifest.build(spec)
-        validate(doc, require_schema=False)
-        return DryRun(self.name, spec, [doc], [doc])
+        docs = manifest.documents(spec)
+        for doc in docs:
+            if doc["kind"] == manifest.KIND:
+                validate(doc, require_schema=False)
+        return DryRun(self.name, spec, docs, docs)
 
     def schedule(self, dryrun: DryRun) -> str:
         raise LauncherError("the trainjob launcher is dry-run only for now (it has not been "

@@ -31,6 +31,16 @@ def fi_dist_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "fi_dist.cli", *args]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_contract():
+    """Each test reads the job contract from its own environment (it is cached per process)."""
+    from fi_dist import contract
+
+    contract.reset_current()
+    yield
+    contract.reset_current()
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A scratch working directory (its .fi-dist/ holds the run directories)."""

@@ -185,10 +185,11 @@ LIGHT_RANK = '''\
 import os
 import time
 
+from fi_dist import contract
 from fi_dist.runtime.debug import agent
 from fi_dist.runtime.environment import RankEnvironment
 
-agent.start(RankEnvironment.from_env())
+agent.start(RankEnvironment.from_env(), contract.current().debug)
 
 
 def work(i):
@@ -223,12 +224,13 @@ class StandaloneHub:
     def __init__(self, workdir: Path, token: str = "t" * 32) -> None:
         self.workdir = workdir
         self.token = token
-        env = {**os.environ, "FI_DIST_DEBUG_TOKEN": token}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fi_dist.runtime.debug.hub", "--host", "127.0.0.1",
-             "--port", "0", "--rank-host", "127.0.0.1", "--rank-port", "0",
-             "--run-dir", str(workdir)], cwd=workdir, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
+        from fi_dist.contract import DebugSettings, hub_command
+
+        settings = DebugSettings(token=token, ide_port=0, rank_port=0)
+        env = {**os.environ, **settings.to_env(), "FI_DIST_RUN_DIR": str(workdir)}
+        self.proc = subprocess.Popen(hub_command("127.0.0.1"), cwd=workdir, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
         assert self.proc.stdout is not None
         self.lines: list[str] = []
         for text in self.proc.stdout:

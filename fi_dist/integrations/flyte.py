@@ -141,7 +141,7 @@ def reload_function(fn: Callable[..., Any], file: str | None) -> Callable[..., A
 
 def _run(cfg: InteractiveConfig, fn: Callable[..., Any], file: str | None, args: Any,
          kwargs: Any) -> Any:
-    from fi_dist.integrations.session import Session, fresh_store_namespace, restart_count
+    from fi_dist.runtime.interactive import Session, fresh_store_namespace, restart_count
 
     root = Path(cfg.source_root).resolve() if cfg.source_root else source_root_of(file)
     if cfg.pre_execute is not None:

@@ -68,24 +68,35 @@ def master_port(job: dict[str, Any]) -> int:
     raise ValueError(f"no {PYTORCH_PORT} on the Master's {PYTORCH_CONTAINER} container")
 
 
+def pod_env(master_addr: str, master_port: int, nnodes: int, nproc_per_node: int | str,
+            node_rank: int) -> dict[str, str]:
+    """The variables the operator (v1.9) appends to the containers of node ``node_rank``.
+
+    Since kubeflow/trainer#1840 (v1.8) WORLD_SIZE is pods x nprocPerNode, and the
+    operator sets PYTHONUNBUFFERED=0 (CPython reads that as "buffered", so the node
+    agent line-buffers its own output). The local launcher gives each of its nodes
+    exactly this env, so a local node and a pod cannot drift apart.
+    """
+    per_node = int(nproc_per_node) if str(nproc_per_node).isdigit() else 1
+    port = str(master_port)
+    return {
+        ev.PYTHONUNBUFFERED: "0",
+        ev.MASTER_PORT: port, ev.PET_MASTER_PORT: port,
+        ev.MASTER_ADDR: master_addr, ev.PET_MASTER_ADDR: master_addr,
+        ev.WORLD_SIZE: str(nnodes * per_node),
+        ev.RANK: str(node_rank),
+        ev.PET_NPROC_PER_NODE: str(nproc_per_node),
+        ev.PET_NODE_RANK: str(node_rank),
+        ev.PET_NNODES: str(nnodes),
+    }
+
+
 def operator_env(job: dict[str, Any], node_rank: int) -> dict[str, str]:
     """The variables the operator appends to node ``node_rank``'s containers."""
     specs = job["spec"]["pytorchReplicaSpecs"]
     total = sum(r.get("replicas", 1) for r in specs.values())
-    nproc = job["spec"].get("nprocPerNode", "auto")
-    per_node = int(nproc) if str(nproc).isdigit() else 1
-    master = f"{job['metadata']['name']}-master-0"
-    port = str(master_port(job))
-    return {
-        ev.PYTHONUNBUFFERED: "0",
-        ev.MASTER_PORT: port, ev.PET_MASTER_PORT: port,
-        ev.MASTER_ADDR: master, ev.PET_MASTER_ADDR: master,
-        ev.WORLD_SIZE: str(total * per_node),
-        ev.RANK: str(node_rank),
-        ev.PET_NPROC_PER_NODE: str(nproc),
-        ev.PET_NODE_RANK: str(node_rank),
-        ev.PET_NNODES: str(total),
-    }
+    return pod_env(f"{job['metadata']['name']}-master-0", master_port(job), total,
+                   job["spec"].get("nprocPerNode", "auto"), node_rank)
 
 
 def resolve_env(container: dict[str, Any], pod_ip: str,

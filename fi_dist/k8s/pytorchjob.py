@@ -15,13 +15,12 @@ headless Service exposes it.
 from __future__ import annotations
 
 import math
-import secrets
 from typing import Any
 
 from fi_dist import env_vars as ev
+from fi_dist.contract import JobContract, LauncherKind, node_agent_command
 from fi_dist.errors import ConfigError
 from fi_dist.k8s.rules import PYTORCH_CONTAINER, PYTORCH_PORT
-from fi_dist.runtime.idle.config import idle_env
 from fi_dist.spec import JobSpec
 
 API_VERSION = "kubeflow.org/v1"
@@ -71,33 +70,27 @@ def checkpoint_volume(uri: str | None) -> tuple[str | None, dict | None, dict | 
     return (f"{CKPT_MOUNT}/{sub}".rstrip("/"), volume, mount)
 
 
-def container_env(spec: JobSpec, launcher: str = "pytorchjob") -> list[dict[str, Any]]:
-    """The fi-dist part of every pod's env (the operator adds MASTER_*/PET_* itself)."""
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
-    env += [
-        {"name": ev.FI_DIST_LAUNCHER, "value": launcher},
-        {"name": ev.FI_DIST_RUN_ID, "value": spec.name},
-        {"name": ev.FI_DIST_NODE_ADDR,
-         "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": ev.FI_DIST_GRACE_PERIOD, "value": str(grace_seconds(spec))},
-    ]
+def job_contract(spec: JobSpec, launcher: LauncherKind = LauncherKind.PYTORCHJOB,
+                 token: str | None = None) -> JobContract:
+    """The job's contract as its pods get it (checkpoint dir inside the pod, whole seconds)."""
     ckpt_dir, _, _ = checkpoint_volume(spec.checkpoint_uri)
-    if ckpt_dir:
-        env.append({"name": ev.FI_DIST_CKPT_DIR, "value": ckpt_dir})
-    # Each pod's node agent runs its own idle culler from these.
-    env += [{"name": k, "value": v} for k, v in sorted(idle_env(spec.idle).items())]
-    if spec.debug.enabled:
-        d = spec.debug
-        env += [
-            {"name": ev.FI_DIST_DEBUG, "value": "1"},
-            {"name": ev.FI_DIST_DEBUG_PORT, "value": str(d.port)},
-            {"name": ev.FI_DIST_DEBUG_HOST, "value": d.host},
-            {"name": ev.FI_DIST_DEBUG_TOKEN, "valueFrom": {"secretKeyRef": {
-                "name": debug_secret_name(spec), "key": TOKEN_KEY}}},
-            {"name": ev.FI_DIST_WAIT_FOR_CLIENT, "value": "1" if d.wait_for_client else "0"},
-            {"name": ev.FI_DIST_POST_MORTEM_WAIT, "value": f"{d.post_mortem_wait:g}"},
-            {"name": ev.FI_DIST_DEBUG_TRACE, "value": d.trace},
-        ]
+    job = JobContract.from_spec(spec, launcher, run_id=spec.name, token=token,
+                                checkpoint_dir=ckpt_dir)
+    return job.replace(grace_period=float(grace_seconds(spec)))
+
+
+def container_env(job: JobContract, secret_name: str) -> list[dict[str, Any]]:
+    """Every pod's env: the contract, with the token from the job's Secret and the pod IP
+    from the downward API (the operator adds MASTER_*/PET_* itself)."""
+    env: list[dict[str, Any]] = []
+    for name, value in sorted(job.to_env().items()):
+        if name == ev.FI_DIST_DEBUG_TOKEN:
+            env.append({"name": name, "valueFrom": {"secretKeyRef": {
+                "name": secret_name, "key": TOKEN_KEY}}})
+        else:
+            env.append({"name": name, "value": value})
+    env.append({"name": ev.FI_DIST_NODE_ADDR,
+                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     return env
 
 
@@ -117,13 +110,13 @@ def resources(spec: JobSpec) -> dict[str, dict[str, Any]]:
     return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
 
 
-def _pod_template(spec: JobSpec, master: bool) -> dict[str, Any]:
+def _pod_template(spec: JobSpec, job: JobContract, master: bool) -> dict[str, Any]:
     ports = [{"name": PYTORCH_PORT, "containerPort": spec.master_port, "protocol": "TCP"}]
-    if master and spec.debug.enabled:
-        # The IDE-facing hub port, the port ranks of other pods dial (hub port + 1,
-        # see fi_dist.runtime.debug.agent.hub_address) and code-server's.
-        ports += [{"name": HUB_PORT_NAME, "containerPort": spec.debug.port, "protocol": "TCP"},
-                  {"name": HUB_RANKS_PORT_NAME, "containerPort": spec.debug.port + 1,
+    if master and job.debug is not None:
+        # The IDE-facing hub port, the port ranks of other pods dial, and code-server's.
+        ports += [{"name": HUB_PORT_NAME, "containerPort": job.debug.ide_port,
+                   "protocol": "TCP"},
+                  {"name": HUB_RANKS_PORT_NAME, "containerPort": job.debug.hub_rank_port,
                    "protocol": "TCP"},
                   {"name": CODE_SERVER_PORT_NAME, "containerPort": CODE_SERVER_PORT,
                    "protocol": "TCP"}]
@@ -137,9 +130,8 @@ def _pod_template(spec: JobSpec, master: bool) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": PYTORCH_CONTAINER,
         "image": spec.image,
-        "command": ["python", "-m", "fi_dist.runtime.node_agent", spec.script,
-                    *spec.script_args],
-        "env": container_env(spec),
+        "command": node_agent_command(spec.script, spec.script_args, python="python"),
+        "env": container_env(job, debug_secret_name(spec)),
         "ports": ports,
         "volumeMounts": mounts,
     }
@@ -153,16 +145,17 @@ def _pod_template(spec: JobSpec, master: bool) -> dict[str, Any]:
     }
 
 
-def build(spec: JobSpec) -> dict[str, Any]:
+def build(spec: JobSpec, job: JobContract | None = None) -> dict[str, Any]:
     """The PyTorchJob object for ``spec`` (not validated; see fi_dist.k8s.validation)."""
     require_cluster_fields(spec, "pytorchjob")
+    job = job or job_contract(spec)
     replica_specs: dict[str, Any] = {
         "Master": {"replicas": 1, "restartPolicy": "ExitCode",
-                   "template": _pod_template(spec, master=True)},
+                   "template": _pod_template(spec, job, master=True)},
     }
     if spec.nnodes > 1:
         replica_specs["Worker"] = {"replicas": spec.nnodes - 1, "restartPolicy": "ExitCode",
-                                   "template": _pod_template(spec, master=False)}
+                                   "template": _pod_template(spec, job, master=False)}
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -175,7 +168,7 @@ def build(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def debug_secret(spec: JobSpec, token: str | None = None) -> dict[str, Any]:
+def debug_secret(spec: JobSpec, token: str) -> dict[str, Any]:
     """The Secret holding the hub token every rank and the IDE side present."""
     return {
         "apiVersion": "v1",
@@ -183,11 +176,12 @@ def debug_secret(spec: JobSpec, token: str | None = None) -> dict[str, Any]:
         "metadata": {"name": debug_secret_name(spec), "namespace": spec.namespace,
                      "labels": labels(spec)},
         "type": "Opaque",
-        "stringData": {TOKEN_KEY: token or secrets.token_urlsafe(32)},
+        "stringData": {TOKEN_KEY: token},
     }
 
 
 def documents(spec: JobSpec, token: str | None = None) -> list[dict[str, Any]]:
     """What ``--dry-run`` prints and ``schedule`` creates, in creation order."""
-    docs = [debug_secret(spec, token)] if spec.debug.enabled else []
-    return [*docs, build(spec)]
+    job = job_contract(spec, token=token)
+    docs = [debug_secret(spec, job.debug.token)] if job.debug is not None else []
+    return [*docs, build(spec, job)]

@@ -14,8 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fi_dist import env_vars as ev
-from fi_dist.k8s.pytorchjob import container_env, labels, require_cluster_fields, resources
+from fi_dist.contract import JobContract, rank_command
+from fi_dist.k8s.pytorchjob import (
+    container_env,
+    debug_secret,
+    debug_secret_name,
+    job_contract,
+    labels,
+    require_cluster_fields,
+    resources,
+)
 from fi_dist.spec import JobSpec
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -23,17 +31,18 @@ KIND = "TrainJob"
 DEFAULT_RUNTIME = "torch-distributed"
 
 
-def build(spec: JobSpec, runtime: str = DEFAULT_RUNTIME) -> dict[str, Any]:
+def build(spec: JobSpec, runtime: str = DEFAULT_RUNTIME, job: JobContract | None = None
+          ) -> dict[str, Any]:
     require_cluster_fields(spec, "trainjob")
-    env = [e for e in container_env(spec, launcher="pytorchjob")
-           if e["name"] != ev.FI_DIST_DEBUG_TOKEN]  # no Secret in the v2 dry-run yet
+    # The runtime's torchrun starts the ranks in a pod of the operator's making: the
+    # same contract as a PyTorchJob's pods, token from the job's Secret.
+    job = job or job_contract(spec)
     trainer: dict[str, Any] = {
         "image": spec.image,
-        "command": ["python", "-m", "fi_dist.runtime.rank_main", spec.script,
-                    *spec.script_args],
+        "command": rank_command(spec.script, spec.script_args, python="python"),
         "numNodes": spec.nnodes,
         "numProcPerNode": spec.nproc_per_node,
-        "env": env,
+        "env": container_env(job, debug_secret_name(spec)),
     }
     if res := resources(spec):
         trainer["resourcesPerNode"] = res
@@ -45,3 +54,10 @@ def build(spec: JobSpec, runtime: str = DEFAULT_RUNTIME) -> dict[str, Any]:
                                 "kind": "ClusterTrainingRuntime"},
                  "trainer": trainer},
     }
+
+
+def documents(spec: JobSpec, runtime: str = DEFAULT_RUNTIME) -> list[dict[str, Any]]:
+    """The TrainJob, after the Secret with the job token when debugging."""
+    job = job_contract(spec)
+    docs = [debug_secret(spec, job.debug.token)] if job.debug is not None else []
+    return [*docs, build(spec, runtime, job)]

@@ -17,25 +17,13 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
 from fi_dist import env_vars as ev
+from fi_dist.contract import LauncherKind, detect_launcher
 from fi_dist.errors import InconsistentEnvError
 
-
-class LauncherKind(StrEnum):
-    """What started this process."""
-
-    LOCAL = "local"
-    """fi-dist's local launcher (node agents + torchrun semantics)."""
-    PYTORCHJOB = "pytorchjob"
-    """A Kubeflow PyTorchJob pod (operator env), usually with torchrun inside."""
-    TORCHRUN = "torchrun"
-    """Plain torchrun (torch.distributed.elastic) outside a known launcher."""
-    RAY = "ray"
-    """A rank actor started by fi-dist's Ray launcher."""
-    SINGLE = "single"
-    """One plain process: world size 1."""
+__all__ = ["LauncherKind", "NodeEnvironment", "RankEnvironment", "detect_launcher",
+           "rank_from_env"]
 
 
 def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
@@ -63,25 +51,6 @@ def _default_node_addr() -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
-
-
-def detect_launcher(env: Mapping[str, str] | None = None) -> LauncherKind:
-    """Return which launcher started the process whose env is ``env``."""
-    env = os.environ if env is None else env
-    declared = env.get(ev.FI_DIST_LAUNCHER)
-    if declared:
-        try:
-            return LauncherKind(declared)
-        except ValueError:
-            known = ", ".join(k.value for k in LauncherKind)
-            raise InconsistentEnvError(
-                f"{ev.FI_DIST_LAUNCHER}={declared!r} is not one of {known}"
-            ) from None
-    if ev.PET_NNODES in env or ev.PET_NODE_RANK in env:
-        return LauncherKind.PYTORCHJOB
-    if ev.TORCHELASTIC_RUN_ID in env:
-        return LauncherKind.TORCHRUN
-    return LauncherKind.SINGLE
 
 
 @dataclass(frozen=True)

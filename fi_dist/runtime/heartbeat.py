@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fi_dist import contract
 from fi_dist import env_vars as ev
 from fi_dist.rundir import RunDir
 
@@ -60,10 +61,10 @@ _current: Heartbeat | None = None
 
 
 def current() -> Heartbeat:
-    """This process's heartbeat, from RANK and FI_DIST_RUN_DIR (a no-op writer without them)."""
+    """This process's heartbeat, from RANK and the job's run dir (a no-op writer without)."""
     global _current
     if _current is None:
-        run = os.environ.get(ev.FI_DIST_RUN_DIR)
+        run = contract.current().run_dir
         rank = int(os.environ.get(ev.RANK, "0") or 0)
         _current = Heartbeat(RunDir(Path(run)) if run else None, rank)
     return _current

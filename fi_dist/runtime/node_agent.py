@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fi_dist import contract
 from fi_dist import env_vars as ev
-from fi_dist.rundir import RunDir
+from fi_dist.rundir import RunDir, write_json
 from fi_dist.runtime.environment import NodeEnvironment
 
 log = logging.getLogger("fi_dist.node_agent")
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         stream.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     node = NodeEnvironment.from_env()
-    run_dir = RunDir(Path(os.environ[ev.FI_DIST_RUN_DIR])) if os.environ.get(ev.FI_DIST_RUN_DIR) else None
+    job = contract.current()
+    run_dir = RunDir(Path(job.run_dir)) if job.run_dir else None
     os.environ.setdefault(
         ev.TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE, f"[node{node.node_rank} rank${{rank}}] "
     )
@@ -97,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     from fi_dist.runtime import idle
 
-    culler = idle.start_from_env(run_dir, node.node_rank)  # None unless FI_DIST_IDLE_TIMEOUT
-    from fi_dist.runtime.debug import hub_process
+    culler = idle.start_for(job, run_dir, node.node_rank)  # None unless the job culls
+    hub = None
+    if job.debug is not None and node.node_rank == 0:  # the debug hub beside rank 0
+        from fi_dist.runtime.debug import hub_process
 
-    hub = hub_process.start(node)  # node 0 of a --debug job: the debug hub beside rank 0
+        hub = hub_process.start(job.debug, node.node_addr, job.run_dir)
     try:
         elastic_launch(config=config, entrypoint=cmd)(*cmd_args)
     except ChildFailedError as exc:
@@ -111,14 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         sigval = getattr(exc, "sigval", None)
         code = 128 + int(sigval) if sigval is not None else 1
     finally:
-        hub_process.stop(hub)
+        if hub is not None:
+            hub.stop()
     result["exitcode"] = code
     result["ended"] = time.time()
     if culler is not None:  # the culler ended this node: IDLE_EXIT_CODE, not retried
         code = culler.finish(result, code)
     if run_dir:
-        from fi_dist.rundir import write_json
-
         write_json(run_dir.node_file(node.node_rank), result)
     return code
 

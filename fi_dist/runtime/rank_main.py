@@ -17,9 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+from fi_dist import contract
 from fi_dist import env_vars as ev
+from fi_dist.contract import LauncherKind
 from fi_dist.rundir import RunDir
-from fi_dist.runtime.environment import LauncherKind, RankEnvironment
+from fi_dist.runtime.environment import RankEnvironment
 
 _PR_SET_PDEATHSIG = 1
 
@@ -69,29 +71,29 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m fi_dist.runtime.rank_main SCRIPT [ARGS...]", file=sys.stderr)
         return 2
     env = RankEnvironment.from_env()
+    job = contract.current()
     if env.launcher is LauncherKind.LOCAL:
         _die_with_parent()
         # Locally every "node" is on loopback; gloo must use lo, not the external NIC.
         os.environ.setdefault(ev.GLOO_SOCKET_IFNAME, "lo")
-    run_dir = Path(os.environ[ev.FI_DIST_RUN_DIR]) if os.environ.get(ev.FI_DIST_RUN_DIR) else None
-    state = RunDir(run_dir) if run_dir else None
+    state = RunDir(Path(job.run_dir)) if job.run_dir else None
     if state:
         state.write_rank(env.rank, node=env.node_rank, local_rank=env.local_rank,
                          pid=os.getpid(), addr=env.node_addr, state="running",
                          started=time.time())
     code = 0
-    debug = os.environ.get(ev.FI_DIST_DEBUG) == "1"
-    if debug:  # debugpy on loopback + the hub agent; debugpy is imported only here
+    debug = job.debug
+    if debug is not None:  # debugpy on loopback + the hub agent; debugpy is imported only here
         from fi_dist.runtime.debug import rank_hook
 
-        rank_hook.setup(env)
+        rank_hook.setup(env, debug)
     try:
         run_script(argv[0], argv[1:])
     except SystemExit as exc:
         code = _exit_code(exc)
     except BaseException as exc:
-        if debug and not isinstance(exc, KeyboardInterrupt):
-            rank_hook.post_mortem(exc)
+        if debug is not None and not isinstance(exc, KeyboardInterrupt):
+            rank_hook.post_mortem(exc, debug)
         _record_error(exc)
         if state:
             state.write_rank(env.rank, state="failed", exitcode=1,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fi_dist.errors import ConfigError
+from fi_dist import contract
+from fi_dist.errors import ConfigError, InconsistentEnvError
 from fi_dist.runtime.checkpoint import CheckpointConfig, Checkpointer, layout
 from fi_dist.runtime.checkpoint.config import grace_from_env
 from fi_dist.runtime.checkpoint.storage import Storage
@@ -174,11 +175,14 @@ def test_config_validation_names_the_field(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="grace_period"):
         CheckpointConfig(grace_period=-2)
     monkeypatch.setenv("FI_DIST_GRACE_PERIOD", "12.5")
+    contract.reset_current()
     assert CheckpointConfig().grace_period == 12.5
+    contract.reset_current()
     monkeypatch.setenv("FI_DIST_GRACE_PERIOD", "soon")
-    with pytest.raises(ConfigError, match="FI_DIST_GRACE_PERIOD"):
+    with pytest.raises(InconsistentEnvError, match="FI_DIST_GRACE_PERIOD='soon'"):
         grace_from_env()
     monkeypatch.delenv("FI_DIST_GRACE_PERIOD")
+    contract.reset_current()
     assert grace_from_env() == 30.0
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from fi_dist.runtime.debug import launchjson
-from fi_dist.runtime.debug.config import debug_env
 from fi_dist.runtime.debug.protocol import (
     MAX_MESSAGE,
     ProtocolError,
@@ -20,7 +19,6 @@ from fi_dist.runtime.debug.protocol import (
     parse_header,
     read_message,
 )
-from fi_dist.spec import DebugSpec
 
 
 def _read_all(data: bytes) -> list:
@@ -96,30 +94,3 @@ def test_launch_json_keeps_other_configurations(tmp_path: Path) -> None:
                       "request": "attach", "connect": {"host": "127.0.0.1", "port": 5999},
                       "justMyCode": False, "fiDistToken": "tok"}
     assert launchjson.read_config(tmp_path / "run") == config
-
-
-def test_debug_env_is_empty_unless_enabled() -> None:
-    assert debug_env(DebugSpec(), rank_port=1) == {}
-    env = debug_env(DebugSpec(enabled=True, port=0, wait_for_client=True), rank_port=7)
-    assert env["FI_DIST_DEBUG"] == "1" and env["FI_DIST_DEBUG_RANK_PORT"] == "7"
-    assert env["FI_DIST_WAIT_FOR_CLIENT"] == "1" and len(env["FI_DIST_DEBUG_TOKEN"]) == 32
-    other = debug_env(DebugSpec(enabled=True), rank_port=7)
-    assert other["FI_DIST_DEBUG_TOKEN"] != env["FI_DIST_DEBUG_TOKEN"]
-
-
-def test_trace_mode_is_lazy_by_default_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fi_dist.errors import ConfigError
-    from fi_dist.runtime.debug import agent
-
-    assert debug_env(DebugSpec(enabled=True), rank_port=7)["FI_DIST_DEBUG_TRACE"] == "lazy"
-    eager = debug_env(DebugSpec(enabled=True, trace="eager"), rank_port=7)
-    assert eager["FI_DIST_DEBUG_TRACE"] == "eager"
-    with pytest.raises(ConfigError, match="debug.trace must be 'lazy' or 'eager', got 'often'"):
-        DebugSpec(enabled=True, trace="often")
-    monkeypatch.delenv("FI_DIST_DEBUG_TRACE", raising=False)
-    assert agent.trace_mode() == "lazy"
-    monkeypatch.setenv("FI_DIST_DEBUG_TRACE", "Eager")
-    assert agent.trace_mode() == "eager"
-    monkeypatch.setenv("FI_DIST_DEBUG_TRACE", "sometimes")
-    with pytest.raises(RuntimeError, match="FI_DIST_DEBUG_TRACE='sometimes'"):
-        agent.trace_mode()

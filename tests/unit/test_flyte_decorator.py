@@ -17,7 +17,7 @@ from fi_dist.integrations.flyte import (
     source_file_of,
     source_root_of,
 )
-from fi_dist.integrations.session import resume_launch_config, write_launch_config
+from fi_dist.runtime.interactive import resume_launch_config, write_launch_config
 
 
 @pytest.mark.parametrize(("options", "match"), [
@@ -55,7 +55,7 @@ def test_off_is_a_plain_call_that_imports_nothing_heavy() -> None:
             return a * b
 
         assert f(3) == 6 and f.__name__ == "f" and f.__wrapped__(1) == 2
-        heavy = [m for m in ("torch", "debugpy", "fi_dist.integrations.session") if m in sys.modules]
+        heavy = [m for m in ("torch", "debugpy", "fi_dist.runtime.interactive") if m in sys.modules]
         print(heavy)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

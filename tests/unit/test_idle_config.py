@@ -6,8 +6,9 @@ import pytest
 
 from fi_dist import cli
 from fi_dist import env_vars as ev
-from fi_dist.errors import ConfigError
-from fi_dist.runtime.idle.config import IDLE_EXIT_CODE, idle_env, idle_spec_from_env
+from fi_dist.contract import idle_from_env, idle_to_env
+from fi_dist.errors import ConfigError, InconsistentEnvError
+from fi_dist.runtime.idle.config import IDLE_EXIT_CODE
 from fi_dist.spec import IdleSpec, JobSpec
 
 
@@ -35,22 +36,24 @@ def test_unknown_idle_key_in_a_job_spec_is_named():
 
 
 def test_env_round_trip_and_off_by_default():
-    assert idle_env(IdleSpec()) == {}
-    assert idle_spec_from_env({}) is None
+    assert idle_to_env(IdleSpec()) == {}
+    assert idle_from_env({}) is None
     spec = IdleSpec(enabled=True, timeout=600, threshold=2.5, interval=5, warn_lead=60,
                     dry_run=True, sampler="cpu", hang_factor=4, webhook="http://127.0.0.1:9/x",
                     email="a@b.c, d@e.f", smtp="relay:2525", email_from="me@b.c")
-    env = idle_env(spec)
-    assert env[ev.FI_DIST_IDLE_TIMEOUT] == "600.0"
+    env = idle_to_env(spec)
+    assert env[ev.FI_DIST_IDLE_TIMEOUT] == "600"
+    assert env[ev.FI_DIST_IDLE_THRESHOLD] == "2.5"
     assert env[ev.FI_DIST_IDLE_EMAIL] == "a@b.c,d@e.f"
-    assert idle_spec_from_env(env) == spec
+    assert idle_from_env(env) == spec
 
 
 def test_env_with_a_bad_number_is_a_clear_error():
-    with pytest.raises(ConfigError, match="FI_DIST_IDLE_THRESHOLD must be a number, got 'lots'"):
-        idle_spec_from_env({ev.FI_DIST_IDLE_TIMEOUT: "60", ev.FI_DIST_IDLE_THRESHOLD: "lots"})
-    with pytest.raises(ConfigError, match="FI_DIST_IDLE_.*idle.interval"):
-        idle_spec_from_env({ev.FI_DIST_IDLE_TIMEOUT: "60", ev.FI_DIST_IDLE_INTERVAL: "120"})
+    with pytest.raises(InconsistentEnvError,
+                       match="FI_DIST_IDLE_THRESHOLD='lots' is not a number"):
+        idle_from_env({ev.FI_DIST_IDLE_TIMEOUT: "60", ev.FI_DIST_IDLE_THRESHOLD: "lots"})
+    with pytest.raises(InconsistentEnvError, match="FI_DIST_IDLE_.*idle.interval"):
+        idle_from_env({ev.FI_DIST_IDLE_TIMEOUT: "60", ev.FI_DIST_IDLE_INTERVAL: "120"})
 
 
 def test_exit_code_is_final_under_restart_policy_exit_code():
@@ -71,7 +74,7 @@ def test_cli_flags_fill_the_idle_spec(tmp_path):
     idle = spec.idle
     assert (idle.enabled, idle.timeout, idle.threshold, idle.warn_lead, idle.dry_run) == (
         True, 900.0, 3.0, 120.0, True)
-    assert idle.email == ["a@b.c"] and idle.webhook == "http://127.0.0.1:8/h"
+    assert idle.email == ("a@b.c",) and idle.webhook == "http://127.0.0.1:8/h"
     assert _spec("--idle", str(script)).idle.timeout == 1800.0
 
 
@@ -91,7 +94,7 @@ def test_dry_run_shows_the_idle_env_on_every_node(tmp_path, capsys, monkeypatch)
     assert cli.main(["run", "--dry-run", "--nnodes", "2", "--master-port", "0",
                      "--idle-timeout", "60", "--idle-sampler", "cpu", "t.py"]) == 0
     out = capsys.readouterr().out
-    assert out.count("FI_DIST_IDLE_TIMEOUT: '60.0'") == 2
+    assert out.count("FI_DIST_IDLE_TIMEOUT: '60'") == 2
     assert out.count("FI_DIST_IDLE_SAMPLER: cpu") == 2
 
 

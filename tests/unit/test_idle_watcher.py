@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fi_dist.rundir import RunDir, read_json
-from fi_dist.runtime.idle import IDLE_EXIT_CODE, IdleWatcher, read_node_idle
+from fi_dist.runtime.idle import IDLE_EXIT_CODE, IdleWatcher
 from fi_dist.runtime.idle.notify import LogNotifier
 from fi_dist.runtime.idle.sampler import CpuSampler
 from fi_dist.spec import IdleSpec
@@ -60,7 +60,7 @@ def test_idle_node_is_warned_then_checkpointed_then_killed(tmp_path, stubborn):
     assert kinds == ["keep", "keep", "warn", "keep", "stop"]
     assert [e.kind for e in w.events] == ["warn", "stop"]
     assert w.ended_at == pytest.approx(1002.0)
-    status = read_node_idle(w.run_dir)
+    status = w.run_dir.node_idle()
     assert set(status) == {0}
     assert status[0]["phase"] == "ending" and status[0]["sampler"] == "cpu"
     started = time.monotonic()

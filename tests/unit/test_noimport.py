@@ -47,7 +47,7 @@ def test_package_and_cli_import() -> None:
     out = run_blocked("""
         import fi_dist, fi_dist.cli, fi_dist.registry, fi_dist.launcher
         import fi_dist.k8s.validation, fi_dist.k8s.pytorchjob, fi_dist.job_commands
-        import fi_dist.launchers.pytorchjob, fi_dist.launchers.ray, fi_dist.launchers.rayjob
+        import fi_dist.launchers.pytorchjob, fi_dist.launchers.ray, fi_dist.launchers.kuberay
         import fi_dist.launchers.trainjob, fi_dist.launchers.local
         fi_dist.cli.build_parser()
     """)

@@ -76,7 +76,7 @@ def test_rayjob_name_limit() -> None:
 
 
 def test_ray_plan_layout_and_env() -> None:
-    from fi_dist.launchers.ray import HEAD_RESOURCE, RankPlan, plan, rank_env
+    from fi_dist.launchers.ray_plan import HEAD_RESOURCE, RankPlan, plan, rank_env
 
     spec = JobSpec(script="t.py", nnodes=2, nproc_per_node=3, grace_period=12,
                    checkpoint_uri="/ckpt", debug=DebugSpec())
@@ -84,7 +84,8 @@ def test_ray_plan_layout_and_env() -> None:
     assert req.bundles == [{"CPU": 3.0, HEAD_RESOURCE: 0.001}, {"CPU": 3.0}]
     assert [(r.rank, r.node, r.local_rank) for r in req.ranks] == [
         (0, 0, 0), (1, 0, 1), (2, 0, 2), (3, 1, 0), (4, 1, 1), (5, 1, 2)]
-    env = rank_env(req, RankPlan(4, 1, 1), ("127.0.0.1", 4000), "127.0.0.1", attempt=2)
+    env = {**req.job.replace(attempt=2).to_env(),
+           **rank_env(spec, RankPlan(4, 1, 1), ("127.0.0.1", 4000), "127.0.0.1")}
     from fi_dist.runtime.environment import RankEnvironment
 
     view = RankEnvironment.from_env(env)

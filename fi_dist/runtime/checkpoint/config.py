@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from fi_dist import env_vars as ev
+from fi_dist import contract
 from fi_dist.errors import ConfigError
 
-DEFAULT_GRACE_PERIOD = 30.0
 PREEMPTED_EXIT_CODE = 143
 """128 + SIGTERM: what PyTorchJob's ``restartPolicy: ExitCode`` and Flyte retry."""
 
 
-def grace_from_env(env: dict[str, str] | None = None) -> float:
-    """FI_DIST_GRACE_PERIOD (set by launchers), else 30 s.
+def grace_from_env() -> float:
+    """The job's grace period from the launcher's contract (30 s when none set it).
 
     Raises:
-        ConfigError: the variable is not a non-negative number.
+        InconsistentEnvError: the variable is not a non-negative number.
     """
-    env = os.environ if env is None else env  # type: ignore[assignment]
-    raw = env.get(ev.FI_DIST_GRACE_PERIOD)
-    if not raw:
-        return DEFAULT_GRACE_PERIOD
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{ev.FI_DIST_GRACE_PERIOD}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ConfigError(f"{ev.FI_DIST_GRACE_PERIOD}={raw!r} must be >= 0")
-    return value
+    return contract.current().grace_period
 
 
 @dataclass

@@ -28,7 +28,7 @@ import time
 import traceback
 from typing import Any
 
-from fi_dist import env_vars as ev
+from fi_dist.contract import DebugSettings
 from fi_dist.runtime import heartbeat
 from fi_dist.runtime.debug.protocol import ProtocolError, SyncChannel, line
 from fi_dist.runtime.environment import RankEnvironment
@@ -195,20 +195,8 @@ class RankAgent:
         _pump(up, down)
 
 
-TRACE_MODES = ("lazy", "eager")
-"""``FI_DIST_DEBUG_TRACE``: when ranks start pydevd's tracing (docs/debug.md)."""
-
 _tracing = threading.Event()
 _tracing_lock = threading.Lock()
-
-
-def trace_mode() -> str:
-    """``lazy`` (default) or ``eager``, from ``FI_DIST_DEBUG_TRACE``."""
-    mode = os.environ.get(ev.FI_DIST_DEBUG_TRACE, "lazy").strip().lower() or "lazy"
-    if mode not in TRACE_MODES:
-        raise RuntimeError(f"{ev.FI_DIST_DEBUG_TRACE}={mode!r}: expected one of "
-                           f"{', '.join(TRACE_MODES)}")
-    return mode
 
 
 def ensure_tracing() -> None:
@@ -360,32 +348,28 @@ def current() -> RankAgent | None:
     return _agent
 
 
-def hub_address(env: RankEnvironment) -> tuple[str, int]:
-    """Where ranks dial: node 0's address (MASTER_ADDR) and the hub's rank port."""
-    raw = os.environ.get(ev.FI_DIST_DEBUG_RANK_PORT)
-    port = int(raw) if raw else int(os.environ.get(ev.FI_DIST_DEBUG_PORT, "5678")) + 1
-    return env.master_addr, port
+def start(env: RankEnvironment, debug: DebugSettings, hub_host: str | None = None
+          ) -> RankAgent:
+    """Start debugpy on loopback and the agent thread (idempotent).
 
-
-def start(env: RankEnvironment) -> RankAgent:
-    """Start debugpy on loopback and the agent thread (idempotent)."""
+    Args:
+        env: this rank's place in the job.
+        debug: the job's debug settings (token, hub rank port, trace mode).
+        hub_host: where the hub's rank port is; node 0's address (MASTER_ADDR) by default.
+    """
     global _agent
     if _agent is not None:
         return _agent
     import debugpy
 
-    token = os.environ.get(ev.FI_DIST_DEBUG_TOKEN, "")
-    if not token:
-        raise RuntimeError(f"{ev.FI_DIST_DEBUG}=1 but {ev.FI_DIST_DEBUG_TOKEN} is unset: "
-                           "the hub refuses ranks without the job token")
     # Ranks are separate torchrun workers; following their subprocesses (dataloader
     # workers) would need one adapter session each and is not what users attach for.
     debugpy.configure(subProcess=False)
-    mode = trace_mode()
     adapter = debugpy.listen(("127.0.0.1", 0))
-    if mode == "eager" or not _start_lazy():
+    if debug.trace == "eager" or not _start_lazy():
         _tracing.set()
-    _agent = RankAgent(env, hub_address(env), token, (adapter[0], int(adapter[1])))
+    hub = (hub_host or env.master_addr, debug.hub_rank_port)
+    _agent = RankAgent(env, hub, debug.token, (adapter[0], int(adapter[1])))
     _debugger_thread(_agent.run, name="fi-dist-debug-agent")
     return _agent
 

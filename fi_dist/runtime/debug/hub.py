@@ -29,7 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fi_dist import contract
 from fi_dist import env_vars as ev
+from fi_dist.contract import HUB_READY, DebugSettings
+from fi_dist.errors import FiDistError
 from fi_dist.runtime.debug import launchjson
 from fi_dist.runtime.debug.ide import HUB_KEYS, IdeSession
 from fi_dist.runtime.debug.protocol import MAX_LINE, ProtocolError, line, read_line
@@ -475,33 +478,34 @@ def _parent_watch(parent: int) -> None:
     asyncio.create_task(watch())
 
 
-async def _amain(args: argparse.Namespace) -> None:
-    hub = Hub(token=os.environ[ev.FI_DIST_DEBUG_TOKEN], ide_host=args.host, ide_port=args.port,
-              rank_host=args.rank_host, rank_port=args.rank_port,
-              run_dir=Path(args.run_dir) if args.run_dir else None, cwd=Path.cwd())
+async def _amain(debug: DebugSettings, rank_host: str, run_dir: str | None) -> None:
+    hub = Hub(token=debug.token, ide_host=debug.ide_host, ide_port=debug.ide_port,
+              rank_host=rank_host, rank_port=debug.hub_rank_port,
+              run_dir=Path(run_dir) if run_dir else None, cwd=Path.cwd())
     await hub.start()
-    print(f"fi-dist-hub-ready {hub.ide_port} {hub.rank_port}", flush=True)
+    print(f"{HUB_READY} {hub.ide_port} {hub.rank_port}", flush=True)
     _parent_watch(os.getppid())
     await hub.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fi_dist.runtime.debug.hub --rank-host ADDR``; settings from the contract."""
     p = argparse.ArgumentParser(prog="fi_dist.runtime.debug.hub", description=__doc__)
-    p.add_argument("--host", default=os.environ.get(ev.FI_DIST_DEBUG_HOST, "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get(ev.FI_DIST_DEBUG_PORT, "5678")))
-    p.add_argument("--rank-host", default=os.environ.get(ev.FI_DIST_NODE_ADDR, "127.0.0.1"))
-    p.add_argument("--rank-port", type=int, default=None)
-    p.add_argument("--run-dir", default=os.environ.get(ev.FI_DIST_RUN_DIR))
+    p.add_argument("--rank-host", default="127.0.0.1",
+                   help="address of the rank port (node 0's address)")
     args = p.parse_args(argv)
-    if args.rank_port is None:
-        raw = os.environ.get(ev.FI_DIST_DEBUG_RANK_PORT)
-        args.rank_port = int(raw) if raw else (args.port + 1 if args.port else 0)
-    if not os.environ.get(ev.FI_DIST_DEBUG_TOKEN):
-        print(f"fi-dist debug hub: {ev.FI_DIST_DEBUG_TOKEN} is not set", file=sys.stderr)
+    try:
+        job = contract.current()
+    except FiDistError as exc:
+        print(f"fi-dist debug hub: {exc}", file=sys.stderr)
+        return 2
+    if job.debug is None:
+        print(f"fi-dist debug hub: {ev.FI_DIST_DEBUG}=1 and {ev.FI_DIST_DEBUG_TOKEN} are not "
+              "set: nothing to serve", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="[debug hub] %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_amain(args))
+        asyncio.run(_amain(job.debug, args.rank_host, job.run_dir))
     return 0
 
 

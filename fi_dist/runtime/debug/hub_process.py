@@ -1,4 +1,4 @@
-"""Start and stop the hub process beside rank 0 (called by node 0's node agent).
+"""Start the hub process beside rank 0 (node 0's agent, the Flyte session, a Ray actor).
 
 The hub is its own process so that rank 0 being paused (or busy in a collective)
 never stops it from serving the IDE and the other ranks.
@@ -7,62 +7,43 @@ never stops it from serving the IDE and the other ranks.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import threading
+from dataclasses import dataclass
 
 from fi_dist import env_vars as ev
-from fi_dist.runtime.environment import NodeEnvironment
-
-READY = "fi-dist-hub-ready"
+from fi_dist.contract import HUB_READY, DebugSettings, hub_command
+from fi_dist.procs import ReadyProcess, StartError, start_ready
 
 
 class HubStartError(RuntimeError):
     """The hub could not start (port taken, bad address); its output says why."""
 
 
-def _pump(stream: object) -> None:
-    for text in stream:  # type: ignore[attr-defined]
-        sys.stderr.write(text)
-        sys.stderr.flush()
+@dataclass
+class HubProcess:
+    """A running hub and the ports it listens on."""
+
+    process: ReadyProcess
+    ide_port: int
+    rank_port: int
+
+    def stop(self) -> None:
+        """End the hub (the job is over)."""
+        self.process.stop()
 
 
-def start(node: NodeEnvironment, timeout: float = 30.0) -> subprocess.Popen[str] | None:
-    """Start the hub when this is node 0 of a ``--debug`` job; None otherwise."""
-    if os.environ.get(ev.FI_DIST_DEBUG) != "1" or node.node_rank != 0:
-        return None
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fi_dist.runtime.debug.hub", "--rank-host", node.node_addr],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    seen: list[str] = []
-    ready = threading.Event()
+def start(debug: DebugSettings, rank_host: str, run_dir: str | None = None,
+          cwd: str | None = None, timeout: float = 30.0) -> HubProcess:
+    """Start the hub for ``debug`` with its rank port on ``rank_host``.
 
-    def wait_ready() -> None:
-        for text in proc.stdout:  # type: ignore[union-attr]
-            if text.startswith(READY):
-                ready.set()
-                break
-            seen.append(text)
-            sys.stderr.write(text)
-
-    reader = threading.Thread(target=wait_ready, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not ready.is_set():
-        proc.kill()
-        raise HubStartError("the fi-dist debug hub did not start: " + "".join(seen[-20:]))
-    threading.Thread(target=_pump, args=(proc.stdout,), daemon=True).start()
-    return proc
-
-
-def stop(proc: subprocess.Popen[str] | None) -> None:
-    """End the hub (the job is over)."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
+    Raises:
+        HubStartError: the hub did not come up; the message carries its output.
+    """
+    env = {**os.environ, **debug.to_env()}
+    if run_dir:
+        env[ev.FI_DIST_RUN_DIR] = run_dir
     try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        proc = start_ready(hub_command(rank_host), HUB_READY, env=env, cwd=cwd, timeout=timeout)
+    except StartError as exc:
+        raise HubStartError(f"the fi-dist debug hub did not start: {exc}") from None
+    _, ide_port, rank_port = proc.ready.split()
+    return HubProcess(proc, int(ide_port), int(rank_port))

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from fi_dist import env_vars as ev
+from fi_dist.contract import DebugSettings
 from fi_dist.runtime import heartbeat
 from fi_dist.runtime.debug import agent, timeouts
 from fi_dist.runtime.environment import RankEnvironment
@@ -18,38 +18,25 @@ from fi_dist.runtime.environment import RankEnvironment
 log = logging.getLogger("fi_dist.debug")
 
 
-def enabled() -> bool:
-    """True when the launcher asked for the debug hub (``FI_DIST_DEBUG=1``)."""
-    return os.environ.get(ev.FI_DIST_DEBUG) == "1"
-
-
-def setup(env: RankEnvironment) -> None:
+def setup(env: RankEnvironment, debug: DebugSettings) -> None:
     """debugpy on loopback, the hub agent, long timeouts; wait for a client if asked."""
     # Python 3.11's frozen stdlib makes pydevd print a 4-line warning per rank.
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    timeouts.apply()
-    agent.start(env)
-    if os.environ.get(ev.FI_DIST_WAIT_FOR_CLIENT) == "1":
+    timeouts.apply(debug.pg_timeout)
+    agent.start(env, debug)
+    if debug.wait_for_client:
         agent.wait_for_client()
 
 
-def post_mortem_wait() -> float:
-    raw = os.environ.get(ev.FI_DIST_POST_MORTEM_WAIT)
-    try:
-        return max(0.0, float(raw)) if raw else 0.0
-    except ValueError:
-        return 0.0
-
-
-def post_mortem(exc: BaseException) -> None:
+def post_mortem(exc: BaseException, debug: DebugSettings) -> None:
     """Stop this rank at the raising frame (the hub then pauses the others).
 
-    Waits up to ``FI_DIST_POST_MORTEM_WAIT`` seconds for a client when none is attached;
+    Waits up to ``debug.post_mortem_wait`` seconds for a client when none is attached;
     without one the caller fails the job as usual (the error file names the root cause).
     """
     import debugpy
 
-    wait = post_mortem_wait()
+    wait = debug.post_mortem_wait
     rank_agent = agent.current()
     label = rank_agent.env.label() if rank_agent else "this rank"
     if not debugpy.is_client_connected() and wait > 0:

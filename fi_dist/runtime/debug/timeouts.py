@@ -17,12 +17,9 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from fi_dist import env_vars as ev
+from fi_dist.contract import DEFAULT_PG_TIMEOUT
 
 log = logging.getLogger("fi_dist.debug")
-
-DEFAULT_PG_TIMEOUT = 7 * 24 * 3600.0
-"""Seconds; long enough for any debugging session, short enough to end a forgotten job."""
 
 NCCL_ENV = {
     # The heartbeat monitor kills a process whose watchdog thread looks stuck.
@@ -34,20 +31,14 @@ NCCL_ENV = {
 """NCCL watchdog settings for a job that may sit paused for hours."""
 
 
-def pg_timeout() -> timedelta:
-    raw = os.environ.get(ev.FI_DIST_DEBUG_PG_TIMEOUT)
-    seconds = float(raw) if raw else DEFAULT_PG_TIMEOUT
-    return timedelta(seconds=seconds)
-
-
-def _force_timeout(fn: Any) -> Any:
+def _force_timeout(fn: Any, timeout: timedelta) -> Any:
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         bound = sig.bind_partial(*args, **kwargs)
         given = bound.arguments.get("timeout")
-        bound.arguments["timeout"] = pg_timeout()
+        bound.arguments["timeout"] = timeout
         if given is not None and given != bound.arguments["timeout"]:
             log.info("fi-dist debug: %s timeout %s raised to %s so paused ranks survive",
                      fn.__name__, given, bound.arguments["timeout"])
@@ -57,8 +48,12 @@ def _force_timeout(fn: Any) -> Any:
     return wrapper
 
 
-def apply() -> None:
-    """Set the NCCL env and wrap the process-group constructors (idempotent)."""
+def apply(pg_timeout: float = DEFAULT_PG_TIMEOUT) -> None:
+    """Set the NCCL env and wrap the process-group constructors (idempotent).
+
+    Args:
+        pg_timeout: seconds every process group (and its store) gets while debugging.
+    """
     for key, value in NCCL_ENV.items():
         os.environ.setdefault(key, value)
     import torch.distributed as dist
@@ -68,6 +63,6 @@ def apply() -> None:
         original = getattr(c10d, name)
         if getattr(original, "__fi_dist_debug__", False):
             continue
-        patched = _force_timeout(original)
+        patched = _force_timeout(original, timedelta(seconds=pg_timeout))
         setattr(c10d, name, patched)
         setattr(dist, name, patched)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from fi_dist.rundir import RunDir, pid_alive, read_json, write_json
+from fi_dist.rundir import RunDir, pid_alive, write_json
 from fi_dist.runtime.idle.config import IDLE_EXIT_CODE
 from fi_dist.runtime.idle.notify import IdleEvent, Notifier, notify_all
 from fi_dist.runtime.idle.policy import (
@@ -45,22 +45,6 @@ from fi_dist.spec import IdleSpec
 log = logging.getLogger("fi_dist.idle")
 
 _DONE_STATES = ("exited", "failed")
-
-
-def idle_file(run_dir: RunDir, node: int) -> Any:
-    """Where node ``node``'s idle state is written (a sibling of its result file)."""
-    return run_dir.path / "nodes" / f"{node}.idle.json"
-
-
-def read_node_idle(run_dir: RunDir) -> dict[int, dict[str, Any]]:
-    """Every node's last idle state: {node: {"phase": ..., "idle_for": ..., ...}}."""
-    out: dict[int, dict[str, Any]] = {}
-    for f in sorted((run_dir.path / "nodes").glob("*.idle.json")):
-        stem = f.name.split(".", 1)[0]
-        data = read_json(f)
-        if data is not None and stem.isdigit():
-            out[int(stem)] = data
-    return out
 
 
 class IdleWatcher:
@@ -195,7 +179,7 @@ class IdleWatcher:
         phase = verdict.phase.value
         if self.spec.dry_run and verdict.phase in (Phase.WARNED, Phase.ENDING):
             phase += " (dry run)"
-        write_json(idle_file(self.run_dir, self.node), {
+        write_json(self.run_dir.idle_file(self.node), {
             "node": self.node, "phase": phase, "idle_for": round(verdict.idle_for, 3),
             "timeout": self.spec.timeout, "threshold": self.spec.threshold,
             "interval": self.spec.interval, "sampler": self.sampler.kind,

@@ -13,27 +13,27 @@ import json
 import logging
 import os
 import secrets
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fi_dist import contract
 from fi_dist import env_vars as ev
+from fi_dist.contract import DebugSettings
 from fi_dist.runtime import heartbeat, resume
 from fi_dist.runtime.environment import RankEnvironment
 
 if TYPE_CHECKING:
     from fi_dist.integrations.flyte import InteractiveConfig
     from fi_dist.runtime.codeserver import CodeServer
+    from fi_dist.runtime.debug.hub_process import HubProcess
 
 log = logging.getLogger("fi_dist.interactive")
 
 RESUME_CONFIG_NAME = "fi-dist: resume all ranks"
-HUB_READY = "fi-dist-hub-ready"
 
 
 def restart_count() -> int:
@@ -86,32 +86,6 @@ def open_store(env: RankEnvironment) -> Any:
                        "TORCHELASTIC_USE_AGENT_STORE is not True here)")
 
 
-def start_hub(token: str, port: int, rank_host: str, cwd: Path) -> tuple[subprocess.Popen[str], int, int]:
-    """The debug hub as a child of rank 0; returns (process, IDE port, rank port)."""
-    env = dict(os.environ, **{ev.FI_DIST_DEBUG_TOKEN: token, ev.FI_DIST_DEBUG_PORT: str(port),
-                              ev.FI_DIST_DEBUG_HOST: "127.0.0.1",
-                              ev.FI_DIST_DEBUG_RANK_PORT: "0"})
-    proc = subprocess.Popen([sys.executable, "-m", "fi_dist.runtime.debug.hub",
-                             "--rank-host", rank_host], env=env, cwd=str(cwd),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    seen: list[str] = []
-    for text in proc.stdout:
-        if text.startswith(HUB_READY):
-            _, ide_port, rank_port = text.split()
-            threading.Thread(target=_pump, args=(proc.stdout,), daemon=True).start()
-            return proc, int(ide_port), int(rank_port)
-        seen.append(text)
-    proc.wait()
-    raise RuntimeError("the fi-dist debug hub did not start: " + "".join(seen[-20:]))
-
-
-def _pump(stream: Any) -> None:
-    for text in stream:
-        sys.stderr.write(text)
-
-
 def resume_launch_config(python: str) -> dict[str, Any]:
     """The launch.json entry that triggers a resume (VSCode's built-in terminal launcher)."""
     return {"name": RESUME_CONFIG_NAME, "type": "node-terminal", "request": "launch",
@@ -146,7 +120,7 @@ class Session:
         self.env = RankEnvironment.from_env()
         self.prefix = f"fi_dist/interactive/{restart_count()}/"
         self.store: Any = None
-        self.hub: subprocess.Popen[str] | None = None
+        self.hub: HubProcess | None = None
         self.code_server: CodeServer | None = None
         self.server: resume.ResumeServer | None = None
         self.watcher: resume.Watcher | None = None
@@ -161,7 +135,7 @@ class Session:
     # --- opening -------------------------------------------------------------------------
     def open(self) -> None:
         self.store = open_store(self.env)
-        under_hub = os.environ.get(ev.FI_DIST_DEBUG) == "1"  # fi-dist run --debug: hub exists
+        under_hub = contract.current().debug is not None  # fi-dist run --debug: hub exists
         if self.is_owner:
             self._open_owner(under_hub)
         else:
@@ -179,10 +153,14 @@ class Session:
         token = os.environ.get(ev.FI_DIST_DEBUG_TOKEN) or secrets.token_hex(16)
         info: dict[str, Any] = {}
         if not under_hub:
+            from fi_dist.runtime.debug import hub_process
+
             rank_host = "127.0.0.1" if self.env.nnodes == 1 else self.env.node_addr
-            self.hub, ide_port, rank_port = start_hub(token, self.cfg.debug_port, rank_host,
-                                                      self.root)
-            info = {"host": rank_host, "rank_port": rank_port, "ide_port": ide_port}
+            settings = DebugSettings(token=token, ide_host="127.0.0.1",
+                                     ide_port=self.cfg.debug_port, rank_port=0)
+            self.hub = hub_process.start(settings, rank_host, cwd=str(self.root))
+            info = {"host": rank_host, "rank_port": self.hub.rank_port,
+                    "ide_port": self.hub.ide_port}
             if ev.FI_DIST_DEBUG_TOKEN not in os.environ:
                 # Ranks learn the token from the rendezvous store; set FI_DIST_DEBUG_TOKEN
                 # (a Flyte secret) to keep it off the store.
@@ -202,11 +180,11 @@ class Session:
     def _start_debugger(self) -> None:
         from fi_dist.runtime.debug import agent, timeouts
 
-        os.environ[ev.FI_DIST_DEBUG_TOKEN] = self.info.get("token") or self.token_from_env()
-        os.environ[ev.FI_DIST_DEBUG_RANK_PORT] = str(self.info["rank_port"])
+        settings = DebugSettings(token=self.info.get("token") or self.token_from_env(),
+                                 rank_port=int(self.info["rank_port"]))
         os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        timeouts.apply()
-        agent.start(replace(self.env, master_addr=self.info["host"]))
+        timeouts.apply(settings.pg_timeout)
+        agent.start(self.env, settings, hub_host=self.info["host"])
 
     def token_from_env(self) -> str:
         token = getattr(self, "token", None) or os.environ.get(ev.FI_DIST_DEBUG_TOKEN)
@@ -335,7 +313,5 @@ class Session:
             self.code_server.stop()
         if self.server is not None:
             self.server.close()
-        if self.hub is not None and self.hub.poll() is None:
-            self.hub.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.hub.wait(5)
+        if self.hub is not None:
+            self.hub.stop()

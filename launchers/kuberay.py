@@ -1,4 +1,8 @@
-"""KubeRay RayJob launcher: dry-run, submit, status, cancel (see fi_dist.k8s.rayjob)."""
+"""KubeRay RayJob launcher: dry-run, submit, status, cancel (see fi_dist.k8s.rayjob).
+
+The RayJob's entrypoint runs fi-dist's Ray launcher inside the cluster
+(:mod:`fi_dist.launchers.ray`); this module only talks to the Kubernetes API.
+"""
 
 from __future__ import annotations
 
