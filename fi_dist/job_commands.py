@@ -92,10 +92,13 @@ def cmd_remote_attach(args: argparse.Namespace,
     if args.print_config:
         fwd.close()
         return 0
-    from fi_dist.launchers.pytorchjob import write_launch_json
+    from fi_dist.launchjson import LaunchJsonError, write_configuration
 
-    path = Path.cwd() / ".vscode" / "launch.json"
-    write_launch_json(config, path)
+    try:
+        path = write_configuration(Path.cwd(), config)
+    except (LaunchJsonError, OSError) as exc:  # the file is named and left as it was
+        fwd.close()
+        raise LauncherError(str(exc)) from None
     print(f"fi-dist: forwarding 127.0.0.1:{fwd.local_port} -> the hub of {_job_id(args)}; "
           f"'{config['name']}' written to {path}. Ctrl-C ends the forward.", file=sys.stderr)
     try:

@@ -9,9 +9,7 @@ Job ids are ``NAMESPACE:NAME``.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from fi_dist.errors import LauncherError
@@ -19,9 +17,8 @@ from fi_dist.k8s import pytorchjob as manifest
 from fi_dist.k8s.validation import validate
 from fi_dist.launcher import DryRun, JobState, JobStatus
 from fi_dist.launchers.kube import KubernetesLauncher
+from fi_dist.launchjson import attach_config
 from fi_dist.spec import JobSpec
-
-ATTACH_CONFIG_NAME = "fi-dist: attach all ranks"
 
 # The operator's last condition -> our state.
 _CONDITIONS = {"Created": JobState.PENDING, "Running": JobState.RUNNING,
@@ -37,28 +34,6 @@ def job_state(obj: dict[str, Any]) -> tuple[JobState, str]:
         return JobState.PENDING, "no conditions yet"
     last = conditions[-1]
     return _CONDITIONS.get(last.get("type"), JobState.UNKNOWN), last.get("message", "")
-
-
-def attach_config(host: str, port: int, token: str) -> dict[str, Any]:
-    """The VS Code launch configuration that attaches to the hub (all ranks)."""
-    return {"name": ATTACH_CONFIG_NAME, "type": "debugpy", "request": "attach",
-            "connect": {"host": host, "port": port}, "fiDistToken": token,
-            "justMyCode": False}
-
-
-def write_launch_json(config: dict[str, Any], path: Path) -> None:
-    """Add or replace ``config`` (by name) in a VS Code ``launch.json``."""
-    data: dict[str, Any] = {"version": "0.2.0", "configurations": []}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LauncherError(f"{path} is not plain JSON ({exc}); add the configuration "
-                                "printed above by hand") from None
-    configs = [c for c in data.get("configurations", []) if c.get("name") != config["name"]]
-    data["configurations"] = [*configs, config]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 class PyTorchJobLauncher(KubernetesLauncher):

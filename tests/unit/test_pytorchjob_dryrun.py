@@ -151,13 +151,13 @@ def test_status_from_operator_conditions(conditions: list, state: JobState) -> N
 
 
 def test_attach_config_written_to_launch_json(tmp_path: Path) -> None:
-    from fi_dist.launchers.pytorchjob import ATTACH_CONFIG_NAME, attach_config, write_launch_json
+    from fi_dist.launchjson import ATTACH_CONFIG_NAME, attach_config, write_configuration
 
     path = tmp_path / ".vscode" / "launch.json"
     path.parent.mkdir()
     path.write_text('{"version": "0.2.0", "configurations": [{"name": "mine"}]}')
-    write_launch_json(attach_config("127.0.0.1", 40001, "tok"), path)
-    write_launch_json(attach_config("127.0.0.1", 40002, "tok"), path)
+    write_configuration(tmp_path, attach_config("127.0.0.1", 40001, "tok"))
+    write_configuration(tmp_path, attach_config("127.0.0.1", 40002, "tok"))
     data = yaml.safe_load(path.read_text())
     names = [c["name"] for c in data["configurations"]]
     assert names == ["mine", ATTACH_CONFIG_NAME]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fi_dist import env_vars as ev
+from fi_dist import launchjson as vscode
 from fi_dist.runtime.debug import launchjson
 from fi_dist.runtime.debug.ide import HUB_KEYS, IdeSession
 from fi_dist.runtime.debug.protocol import MAX_LINE, ProtocolError, line, read_line
@@ -83,7 +84,7 @@ class Hub:
                            rank_port=self.rank_port)
 
     def attach_config(self) -> dict[str, Any]:
-        return launchjson.attach_config(self.ide_host, self.ide_port, self.token)
+        return vscode.attach_config(self.ide_host, self.ide_port, self.token)
 
     async def _on_ide(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await IdeSession(self, reader, writer).serve()
