@@ -106,7 +106,7 @@ def test_manifest_contract() -> None:
         c = pod.container
         assert c["name"] == "pytorch"
         assert c["command"][:3] == ["python", "-m", "fi_dist.runtime.node_agent"]
-        assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
         assert pod.template["spec"]["terminationGracePeriodSeconds"] == 60
         env = {e["name"]: e for e in c["env"]}
         assert env[ev.FI_DIST_LAUNCHER]["value"] == "pytorchjob"
