@@ -45,16 +45,16 @@ def conditions_state(conditions: list[dict[str, Any]]) -> tuple[JobState, str]:
 class PyTorchJobLauncher(KubernetesLauncher):
     name = "pytorchjob"
 
+    def __init__(self, cluster: Any | None = None) -> None:
+        super().__init__(cluster)
+        self._jobs: Any | None = None
+
     def dryrun(self, spec: JobSpec) -> DryRun:
         docs = manifest.documents(spec)
         for doc in docs:
             if doc["kind"] == manifest.KIND:
                 validate(doc, require_schema=False)
         return DryRun(self.name, spec, docs, docs)
-
-    def __init__(self, cluster: Any | None = None) -> None:
-        super().__init__(cluster)
-        self._jobs: Any | None = None
 
     @property
     def jobs(self) -> Any:
