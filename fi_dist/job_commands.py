@@ -124,14 +124,13 @@ def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None)
     if args.print_config:
         attachment.close()
         return 0
-    from fi_dist.launchjson import write_launch_json
+    from fi_dist.launchjson import LaunchJsonError, write_configuration
 
-    path = Path.cwd() / ".vscode" / "launch.json"
     try:
-        write_launch_json(config, path)
-    except BaseException:
+        path = write_configuration(Path.cwd(), config)
+    except (LaunchJsonError, OSError) as exc:  # the file is named and left as it was
         attachment.close()
-        raise
+        raise LauncherError(str(exc)) from None
     where = (f"forwarding 127.0.0.1:{attachment.forward.local_port} -> the hub of {job}; "
              if attachment.forward is not None else "")
     print(f"fi-dist: {where}'{config['name']}' written to {path}; start it in VSCode's Run "

@@ -15,8 +15,10 @@ reader never sees half a JSON document.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,12 +32,38 @@ DEBUG_FILE = "debug.json"
 """In a run directory: the hub's attach configuration and rank port (holds the token)."""
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically."""
+def write_json(path: Path, data: dict[str, Any], mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` atomically; ``mode`` as in :func:`write_text_atomic`."""
+    text = json.dumps(data, indent=2, sort_keys=True)
+    if mode is not None:
+        write_text_atomic(path, text, mode)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str, mode: int) -> None:
+    """Replace ``path`` with ``text`` (tmp + rename), the new file having exactly ``mode``.
+
+    For files that hold a secret (the job token): the temporary file is created 0600
+    (``mkstemp``) and set to ``mode`` before a byte is written, so neither it nor the
+    result is ever readable beyond ``mode``, whatever the umask or a leftover file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

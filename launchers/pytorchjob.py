@@ -1,17 +1,17 @@
 """Kubeflow PyTorchJob launcher: dry-run, submit, status, logs, cancel, attach.
 
 ``dryrun`` builds and validates the objects (a Secret with the hub token when
-debugging, then the PyTorchJob) without touching a network; everything else goes
-through the kubernetes client (:mod:`fi_dist.k8s.cluster`), imported only then.
+debugging, then the PyTorchJob) without touching a network. The job's lifecycle
+(create, status, per-replica logs, delete) goes through kubeflow-training's
+``TrainingClient`` (:mod:`fi_dist.k8s.training`), the Secret and attach's port-forward
+through the kubernetes client (:mod:`fi_dist.k8s.cluster`); both are imported only then.
 Job ids are ``NAMESPACE:NAME``.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from fi_dist.errors import LauncherError
@@ -19,9 +19,8 @@ from fi_dist.k8s import pytorchjob as manifest
 from fi_dist.k8s.validation import validate
 from fi_dist.launcher import Attachment, DryRun, JobState, JobStatus
 from fi_dist.launchers.kube import KubernetesLauncher
+from fi_dist.launchjson import attach_config
 from fi_dist.spec import JobSpec
-
-ATTACH_CONFIG_NAME = "fi-dist: attach all ranks"
 
 # The operator's last condition -> our state.
 _CONDITIONS = {"Created": JobState.PENDING, "Running": JobState.RUNNING,
@@ -31,38 +30,24 @@ _CONDITIONS = {"Created": JobState.PENDING, "Running": JobState.RUNNING,
 
 def job_state(obj: dict[str, Any]) -> tuple[JobState, str]:
     """(state, message) from a PyTorchJob's ``status.conditions``."""
-    conditions = [c for c in (obj.get("status") or {}).get("conditions") or []
-                  if c.get("status") == "True"]
+    return conditions_state((obj.get("status") or {}).get("conditions") or [])
+
+
+def conditions_state(conditions: list[dict[str, Any]]) -> tuple[JobState, str]:
+    """(state, message) from the operator's conditions: the last true one wins."""
+    conditions = [c for c in conditions if c.get("status") == "True"]
     if not conditions:
         return JobState.PENDING, "no conditions yet"
     last = conditions[-1]
     return _CONDITIONS.get(last.get("type"), JobState.UNKNOWN), last.get("message", "")
 
 
-def attach_config(host: str, port: int, token: str) -> dict[str, Any]:
-    """The VS Code launch configuration that attaches to the hub (all ranks)."""
-    return {"name": ATTACH_CONFIG_NAME, "type": "debugpy", "request": "attach",
-            "connect": {"host": host, "port": port}, "fiDistToken": token,
-            "justMyCode": False}
-
-
-def write_launch_json(config: dict[str, Any], path: Path) -> None:
-    """Add or replace ``config`` (by name) in a VS Code ``launch.json``."""
-    data: dict[str, Any] = {"version": "0.2.0", "configurations": []}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LauncherError(f"{path} is not plain JSON ({exc}); add the configuration "
-                                "printed above by hand") from None
-    configs = [c for c in data.get("configurations", []) if c.get("name") != config["name"]]
-    data["configurations"] = [*configs, config]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
 class PyTorchJobLauncher(KubernetesLauncher):
     name = "pytorchjob"
+
+    def __init__(self, cluster: Any | None = None) -> None:
+        super().__init__(cluster)
+        self._jobs: Any | None = None
 
     def dryrun(self, spec: JobSpec) -> DryRun:
         docs = manifest.documents(spec)
@@ -71,42 +56,60 @@ class PyTorchJobLauncher(KubernetesLauncher):
                 validate(doc, require_schema=False)
         return DryRun(self.name, spec, docs, docs)
 
+    @property
+    def jobs(self) -> Any:
+        """The cluster's PyTorchJobs through TrainingClient, on the launcher's cluster."""
+        if self._jobs is None:
+            from fi_dist.k8s.training import PyTorchJobs
+
+            self._jobs = PyTorchJobs(self.cluster)
+        return self._jobs
+
     def schedule(self, dryrun: DryRun) -> str:
-        self.cluster.create(dryrun.request)
+        self.jobs.create(dryrun.request)
         return f"{dryrun.spec.namespace}:{dryrun.spec.name}"
 
     def _job(self, job_id: str) -> tuple[str, str, dict[str, Any]]:
         from fi_dist.k8s.cluster import split_job_id
 
         ns, name = split_job_id(job_id)
-        return ns, name, self.cluster.get(manifest.KIND, ns, name)
+        return ns, name, self.jobs.get(ns, name)
 
     def status(self, job_id: str) -> JobStatus:
-        ns, name, obj = self._job(job_id)
-        state, message = job_state(obj)
+        from fi_dist.k8s.cluster import split_job_id
+
+        ns, name = split_job_id(job_id)
+        state, message = conditions_state(self.jobs.conditions(ns, name))
         return JobStatus(f"{ns}:{name}", state, message)
 
     def logs(self, job_id: str, rank: int | None = None) -> Iterable[str]:
         """Log lines of the job's pods; with ``rank``, only that rank's ``[nodeK rankR]`` lines."""
+        if rank is None:
+            from fi_dist.k8s.cluster import split_job_id
+
+            ns, name = split_job_id(job_id)
+            logs = self.jobs.logs(ns, name)
+            for pod in sorted(logs, key=_node_order):
+                for line in logs[pod].splitlines():
+                    yield f"{pod}: {line}"
+            return
         ns, name, obj = self._job(job_id)
-        nproc = int(obj["spec"].get("nprocPerNode", "1"))
-        pods = sorted(self.cluster.pods(ns, f"training.kubeflow.org/job-name={name}"),
-                      key=lambda p: p.metadata.name)
-        if rank is not None:
-            node = rank // nproc
-            want = f"{name}-master-0" if node == 0 else f"{name}-worker-{node - 1}"
-            pods = [p for p in pods if p.metadata.name == want]
-            if not pods:
-                raise LauncherError(f"rank {rank} runs in pod {want}, which does not exist")
-        for pod in pods:
-            text = self.cluster.pod_log(ns, pod.metadata.name, "pytorch")
-            for line in text.splitlines():
-                if rank is None or f" rank{rank}]" in line:
-                    yield f"{pod.metadata.name}: {line}" if rank is None else line
+        node = rank // int(obj["spec"].get("nprocPerNode", "1"))
+        rtype, index = ("master", 0) if node == 0 else ("worker", node - 1)
+        want = f"{name}-{rtype}-{index}"
+        logs = self.jobs.logs(ns, name, replica_type=rtype, replica_index=index)
+        if want not in logs:
+            raise LauncherError(f"rank {rank} runs in pod {want}, which does not exist or "
+                                "has not started")
+        for line in logs[want].splitlines():
+            if f" rank{rank}]" in line:
+                yield line
 
     def cancel(self, job_id: str) -> None:
-        ns, name, _ = self._job(job_id)
-        self.cluster.delete(manifest.KIND, ns, name)
+        from fi_dist.k8s.cluster import split_job_id
+
+        ns, name = split_job_id(job_id)
+        self.jobs.delete(ns, name)
         self.cluster.delete_secret(ns, f"{name}-fi-dist-debug")
 
     def hub_token(self, namespace: str, name: str) -> str:
@@ -139,6 +142,12 @@ class PyTorchJobLauncher(KubernetesLauncher):
                                 ) from None
         return Attachment(attach_config("127.0.0.1", fwd.local_port, self.hub_token(ns, name)),
                           forward=fwd)
+
+
+def _node_order(pod: str) -> tuple[int, int]:
+    """``<job>-master-0`` first, then the workers by index (worker-10 after worker-9)."""
+    head, _, index = pod.rpartition("-")
+    return (0 if head.endswith("-master") else 1, int(index) if index.isdigit() else 0)
 
 
 def create_launcher() -> PyTorchJobLauncher:

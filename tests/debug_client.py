@@ -255,7 +255,7 @@ class StandaloneHub:
 
     @property
     def config(self) -> dict[str, Any]:
-        from fi_dist.runtime.debug.launchjson import attach_config
+        from fi_dist.launchjson import attach_config
 
         return attach_config("127.0.0.1", self.ide_port, self.token)
 

@@ -99,14 +99,17 @@ def grace_seconds(spec: JobSpec) -> int:
 
 
 def resources(spec: JobSpec) -> dict[str, dict[str, Any]]:
+    # Quantities as strings, the form the apiserver returns them in: the typed models
+    # (kubernetes client, kubeflow-training) hold them as str, so an int would come back
+    # changed from the model round trip the PyTorchJob submit checks (fi_dist/k8s/training.py).
     r = spec.resources
-    amounts: dict[str, Any] = {}
+    amounts: dict[str, str] = {}
     if r.cpu:
-        amounts["cpu"] = r.cpu
+        amounts["cpu"] = str(r.cpu)
     if r.memory:
-        amounts["memory"] = r.memory
+        amounts["memory"] = str(r.memory)
     if r.gpus:
-        amounts["nvidia.com/gpu"] = r.gpus
+        amounts["nvidia.com/gpu"] = str(r.gpus)
     return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from fi_dist import contract
 from fi_dist import env_vars as ev
 from fi_dist.contract import DebugSettings
+from fi_dist.launchjson import LaunchJsonError, write_configuration
 from fi_dist.runtime import heartbeat, resume
 from fi_dist.runtime.environment import RankEnvironment
 
@@ -90,25 +91,6 @@ def resume_launch_config(python: str) -> dict[str, Any]:
     """The launch.json entry that triggers a resume (VSCode's built-in terminal launcher)."""
     return {"name": RESUME_CONFIG_NAME, "type": "node-terminal", "request": "launch",
             "command": f"{python} -m fi_dist.cli resume", "cwd": "${workspaceFolder}"}
-
-
-def write_launch_config(root: Path, config: dict[str, Any]) -> Path:
-    """Add or replace ``config`` (by name) in ``root/.vscode/launch.json``, keeping the others
-    (the hub's ``fi-dist: attach all ranks`` among them)."""
-    path = root / ".vscode" / "launch.json"
-    data: dict[str, Any] = {"version": "0.2.0", "configurations": []}
-    with contextlib.suppress(OSError, ValueError):
-        loaded = json.loads(path.read_text())
-        if isinstance(loaded, dict) and isinstance(loaded.get("configurations"), list):
-            data = loaded
-    data["configurations"] = [c for c in data["configurations"]
-                              if not (isinstance(c, dict) and c.get("name") == config["name"])]
-    data["configurations"].append(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".launch.json.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 class Session:
@@ -245,7 +227,10 @@ class Session:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
-        write_launch_config(self.root, resume_launch_config(sys.executable))
+        try:  # beside the hub's attach configuration; a file we cannot edit stays as it is
+            write_configuration(self.root, resume_launch_config(sys.executable))
+        except (LaunchJsonError, OSError) as exc:
+            log.warning("fi-dist: launch.json not updated: %s", exc)
 
     # --- activity, status, resume ----------------------------------------------------------
     def _activity(self) -> None:

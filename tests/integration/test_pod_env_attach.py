@@ -25,7 +25,8 @@ import pytest
 from test_pod_env import free_port, start_pods, stop_pods
 
 from fi_dist.k8s.cluster import Cluster
-from fi_dist.launchers.pytorchjob import ATTACH_CONFIG_NAME, PyTorchJobLauncher
+from fi_dist.launchers.pytorchjob import PyTorchJobLauncher
+from fi_dist.launchjson import ATTACH_CONFIG_NAME
 from fi_dist.registry import get_launcher
 from fi_dist.spec import DebugSpec, JobSpec
 

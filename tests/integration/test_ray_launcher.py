@@ -130,9 +130,13 @@ def test_single_node_ray_matches_local(tmp_path: Path, local_checksum: str) -> N
     assert {r: (d["node"], d["local_rank"], d["exitcode"]) for r, d in ranks.items()} == {
         0: (0, 0, 0), 1: (0, 1, 0), 2: (1, 0, 0), 3: (1, 1, 0)}
     # status and per-rank logs by run id
-    st = subprocess.run(cli("status", run.name, "--launcher", "ray"), cwd=tmp_path,
-                        capture_output=True, text=True, timeout=60)
-    assert st.stdout.strip() == f"{run.name}: succeeded", st.stderr
+    # status by run id (the run names its launcher) and the newest run (no id)
+    for args in ([run.name], [run.name, "--launcher", "ray"], []):
+        st = subprocess.run(cli("status", *args), cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+        lines = st.stdout.splitlines()
+        assert lines[0] == f"{run.name}: succeeded", st.stderr
+        assert [line.split()[-2:] for line in lines[2:]] == [["exited", "0"]] * 4, st.stdout
     logs = subprocess.run(cli("logs", run.name, "--launcher", "ray", "--rank", "0"),
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert "final checksum" in logs.stdout and "rank1]" not in logs.stdout

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fi_dist.launchjson import ATTACH_CONFIG_NAME, attach_config
+from fi_dist.rundir import RunDir
 from fi_dist.runtime.debug import launchjson
 from fi_dist.runtime.debug.protocol import (
     MAX_MESSAGE,
@@ -85,12 +87,12 @@ def test_launch_json_keeps_other_configurations(tmp_path: Path) -> None:
     vscode.mkdir()
     other = {"name": "mine", "type": "debugpy", "request": "launch"}
     (vscode / "launch.json").write_text(json.dumps({"version": "0.2.0", "configurations": [
-        other, {"name": launchjson.CONFIG_NAME, "old": True}]}))
-    config = launchjson.attach_config("127.0.0.1", 5999, "tok")
+        other, {"name": ATTACH_CONFIG_NAME, "old": True}]}))
+    config = attach_config("127.0.0.1", 5999, "tok")
     launchjson.publish(config, tmp_path, tmp_path / "run", rank_port=6000)
     data = json.loads((vscode / "launch.json").read_text())
     assert data["configurations"] == [other, config]
     assert config == {"name": "fi-dist: attach all ranks", "type": "debugpy",
                       "request": "attach", "connect": {"host": "127.0.0.1", "port": 5999},
                       "justMyCode": False, "fiDistToken": "tok"}
-    assert launchjson.read_config(tmp_path / "run") == config
+    assert RunDir(tmp_path / "run").debug_config() == config

@@ -17,7 +17,8 @@ from fi_dist.integrations.flyte import (
     source_file_of,
     source_root_of,
 )
-from fi_dist.runtime.interactive import resume_launch_config, write_launch_config
+from fi_dist.launchjson import write_configuration
+from fi_dist.runtime.interactive import resume_launch_config
 
 
 @pytest.mark.parametrize(("options", "match"), [
@@ -165,7 +166,7 @@ def test_launch_json_keeps_the_attach_config(tmp_path: Path) -> None:
     (vscode / "launch.json").write_text(json.dumps({"version": "0.2.0",
                                                     "configurations": [attach]}))
     for _ in range(2):  # written again after a restart: replaced, not duplicated
-        write_launch_config(tmp_path, resume_launch_config("/usr/bin/python3"))
+        write_configuration(tmp_path, resume_launch_config("/usr/bin/python3"))
     configs = json.loads((vscode / "launch.json").read_text())["configurations"]
     assert [c["name"] for c in configs] == ["fi-dist: attach all ranks",
                                            "fi-dist: resume all ranks"]

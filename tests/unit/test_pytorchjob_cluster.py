@@ -40,6 +40,19 @@ class Api:
         self.pod_logs: dict[str, str] = {}
 
 
+def operator_pod(name: str) -> dict:
+    """A running pod ``<job>-<master|worker>-<i>`` labelled as the training operator does
+    (TrainingClient selects a job's and a replica's pods by these labels)."""
+    job, rtype, index = name.rsplit("-", 2)
+    labels = {"training.kubeflow.org/job-name": job,
+              "training.kubeflow.org/replica-type": rtype,
+              "training.kubeflow.org/replica-index": index}
+    if rtype == "master":
+        labels["training.kubeflow.org/job-role"] = "master"
+    return {"metadata": {"name": name, "namespace": "default", "labels": labels},
+            "status": {"phase": "Running"}}
+
+
 def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -73,9 +86,9 @@ def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, api.pod_logs.get(pod, ""), "text/plain")
             if path.endswith("/pods") and method == "GET":
                 selector = parse_qs(url.query).get("labelSelector", [""])[0]
-                job = selector.split("=", 1)[1]
-                items = [{"metadata": {"name": n, "namespace": "default"}}
-                         for n in sorted(api.pod_logs) if n.startswith(job + "-")]
+                wanted = dict(term.split("=", 1) for term in selector.split(","))
+                items = [pod for pod in map(operator_pod, sorted(api.pod_logs))
+                         if wanted.items() <= pod["metadata"]["labels"].items()]
                 return self._send(200, {"kind": "PodList", "apiVersion": "v1",
                                         "metadata": {}, "items": items})
             if method == "POST":
@@ -194,3 +207,67 @@ def test_wrong_credentials_are_reported(api: Api, tmp_path: Path,
     assert main(["status", "x", "--launcher", "pytorchjob"]) == 2
     err = capsys.readouterr().err
     assert "the cluster refused: 401" in err and "Traceback" not in err
+
+
+def test_lifecycle_goes_through_training_client(api: Api, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """create/status/logs/delete are kubeflow-training's TrainingClient calls, with the
+    typed model on create and the operator's replica labels for one rank's logs."""
+    from kubeflow.training import KubeflowOrgV1PyTorchJob, TrainingClient
+
+    calls: list[tuple[str, object]] = []
+    for method in ("create_job", "get_job", "get_job_conditions", "get_job_logs",
+                   "delete_job"):
+        real = getattr(TrainingClient, method)
+
+        def spy(self: object, *args: object, _real=real, _name=method, **kwargs: object):
+            calls.append((_name, kwargs.get("job") or kwargs.get("replica_type")))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(TrainingClient, method, spy)
+    config = REPO / "configs" / "pytorchjob_cpu_2x2.toml"
+    assert main(["run", "--config", str(config)]) == 0
+    assert main(["status", "ddp-cpu", "--launcher", "pytorchjob"]) == 0
+    api.pod_logs = {"ddp-cpu-master-0": "[node0 rank1] a\n", "ddp-cpu-worker-0": "[node1 rank2] b\n"}
+    assert main(["logs", "ddp-cpu", "--launcher", "pytorchjob", "--rank", "2"]) == 0
+    assert main(["cancel", "ddp-cpu", "--launcher", "pytorchjob"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == ["[node1 rank2] b", "cancelled ddp-cpu"]
+    names = [name for name, _ in calls]
+    assert names == ["create_job", "get_job_conditions", "get_job", "get_job", "get_job_logs",
+                     "delete_job"]
+    assert isinstance(calls[0][1], KubeflowOrgV1PyTorchJob)
+    assert calls[4][1] == "worker"  # one replica's pods, selected by the operator's labels
+
+
+def test_rank_of_a_pod_not_started_is_named(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--config", str(REPO / "configs" / "pytorchjob_cpu_2x2.toml")]) == 0
+    api.pod_logs = {"ddp-cpu-master-0": "[node0 rank0] a\n"}
+    assert main(["logs", "ddp-cpu", "--launcher", "pytorchjob", "--rank", "3"]) == 2
+    assert "rank 3 runs in pod ddp-cpu-worker-0, which does not exist" in capsys.readouterr().err
+
+
+def test_a_field_the_typed_model_would_drop_is_refused(api: Api) -> None:
+    """create_job serializes the typed model, which only knows its attributes: a field the
+    CRD allows but the model lacks is reported, not silently left out of the request."""
+    from fi_dist.errors import LauncherError
+    from fi_dist.k8s.cluster import Cluster
+
+    launcher = get_launcher("pytorchjob")
+    dry = launcher.dryrun(load_spec(REPO / "configs" / "pytorchjob_cpu_2x2.toml"))
+    job = dry.request[0]
+    job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["schedulingGroup"] = {
+        "podGroupName": "g"}  # in the v1.9.4 CRD, not in kubernetes 35's V1PodSpec
+    launcher._cluster = Cluster()
+    with pytest.raises(LauncherError, match=r"spec\.pytorchReplicaSpecs\.Worker\.template\."
+                                            r"spec\.schedulingGroup \(dropped\)"):
+        launcher.schedule(dry)
+    assert not api.objects
+
+
+def test_differences_name_each_path() -> None:
+    from fi_dist.k8s.training import differences
+
+    sent = {"a": {"b": 1, "c": [1, {"d": 2}]}, "e": 4}
+    assert differences(sent, sent) == []
+    assert differences(sent, {"a": {"b": "1", "c": [1, {}]}, "f": 0}) == [
+        "e (dropped)", "f (added)", "a.b (1 -> '1')", "a.c[1].d (dropped)"]

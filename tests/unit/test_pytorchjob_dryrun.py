@@ -106,7 +106,7 @@ def test_manifest_contract() -> None:
         c = pod.container
         assert c["name"] == "pytorch"
         assert c["command"][:3] == ["python", "-m", "fi_dist.runtime.node_agent"]
-        assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
         assert pod.template["spec"]["terminationGracePeriodSeconds"] == 60
         env = {e["name"]: e for e in c["env"]}
         assert env[ev.FI_DIST_LAUNCHER]["value"] == "pytorchjob"
@@ -151,13 +151,13 @@ def test_status_from_operator_conditions(conditions: list, state: JobState) -> N
 
 
 def test_attach_config_written_to_launch_json(tmp_path: Path) -> None:
-    from fi_dist.launchers.pytorchjob import ATTACH_CONFIG_NAME, attach_config, write_launch_json
+    from fi_dist.launchjson import ATTACH_CONFIG_NAME, attach_config, write_configuration
 
     path = tmp_path / ".vscode" / "launch.json"
     path.parent.mkdir()
     path.write_text('{"version": "0.2.0", "configurations": [{"name": "mine"}]}')
-    write_launch_json(attach_config("127.0.0.1", 40001, "tok"), path)
-    write_launch_json(attach_config("127.0.0.1", 40002, "tok"), path)
+    write_configuration(tmp_path, attach_config("127.0.0.1", 40001, "tok"))
+    write_configuration(tmp_path, attach_config("127.0.0.1", 40002, "tok"))
     data = yaml.safe_load(path.read_text())
     names = [c["name"] for c in data["configurations"]]
     assert names == ["mine", ATTACH_CONFIG_NAME]

@@ -46,7 +46,7 @@ def test_rayjob_contract(crds_dir: Path) -> None:
     (group,) = cluster["workerGroupSpecs"]
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
     assert group["template"]["spec"]["containers"][0]["resources"]["limits"][
-        "nvidia.com/gpu"] == 4
+        "nvidia.com/gpu"] == "4"
     assert group["rayStartParams"] == {"num-cpus": "16", "num-gpus": "4"}
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from fi_dist import contract
 from fi_dist import env_vars as ev
+from fi_dist import launchjson as vscode
 from fi_dist.contract import HUB_READY, DebugSettings
 from fi_dist.errors import FiDistError
 from fi_dist.runtime.debug import launchjson
@@ -86,7 +87,7 @@ class Hub:
                            rank_port=self.rank_port)
 
     def attach_config(self) -> dict[str, Any]:
-        return launchjson.attach_config(self.ide_host, self.ide_port, self.token)
+        return vscode.attach_config(self.ide_host, self.ide_port, self.token)
 
     async def _on_ide(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await IdeSession(self, reader, writer).serve()
