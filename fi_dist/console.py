@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 _PREFIX = re.compile(r"^\[node(\d+) rank(\d+)\] ?(.*)$")
 
@@ -47,7 +47,7 @@ class LiveView(PlainView):
         self._nodes: dict[int, str] = {}
         self._latest: dict[int, str] = {}
         self._nproc = 1
-        self._live = None
+        self._live: Any = None
 
     def _table(self):  # noqa: ANN202 - rich type kept out of the signature
         from rich.table import Table

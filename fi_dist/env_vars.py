@@ -72,6 +72,8 @@ FI_DIST_CODE_SERVER = "FI_DIST_CODE_SERVER"
 """Path of the code-server binary (default: .tools/code-server, then PATH)."""
 FI_DIST_CODE_SERVER_EXTENSIONS = "FI_DIST_CODE_SERVER_EXTENSIONS"
 """Extensions directory for rank 0's code-server (the image's preinstalled debugger)."""
+FI_DIST_CRDS_DIR = "FI_DIST_CRDS_DIR"
+"""Directory of CRD schemas that manifests are validated against (default ../shared/crds)."""
 
 # --- Kubeflow training operator (PyTorchJob pod env) -------------------------------
 MASTER_ADDR = "MASTER_ADDR"

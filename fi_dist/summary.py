@@ -59,7 +59,7 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
     outcomes: list[RankOutcome] = []
     for node_rank, result in nodes.items():
         for r, f in result.get("failures", {}).items():
-            code = f["exitcode"]
+            failed = int(f["exitcode"])
             info = ranks.get(int(r), {})
             msg = f.get("message") or ""
             if info.get("state") == "failed" and info.get("ended"):
@@ -70,9 +70,9 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
                 # Ended from outside without raising: a consequence, known only when
                 # its node agent noticed.
                 when = float(result.get("ended") or f.get("timestamp") or 0)
-                if code < 0:
-                    msg = f"killed by {_signal_name(code)}"
-            failures.append(RootCause(f"rank {r} (node {node_rank})", code, msg,
+                if failed < 0:
+                    msg = f"killed by {_signal_name(failed)}"
+            failures.append(RootCause(f"rank {r} (node {node_rank})", failed, msg,
                                       f.get("traceback"), when))
     for p in run.preemptions():
         failures.append(RootCause(f"node {p['node']}", 143,
@@ -107,13 +107,17 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
 
 
 def summarize_ranks(run: RunDir, nproc_per_node: int, rank_exits: dict[int, int | None],
-                    seen: dict[int, float]) -> Summary:
+                    seen: dict[int, float], lost: set[int] | frozenset[int] = frozenset()
+                    ) -> Summary:
     """A :class:`Summary` for launchers whose units are ranks (Ray actors).
 
     Args:
         rank_exits: each rank's exit code (None: never reported).
         seen: when the launcher saw each rank end (wall clock), for ranks that did not
             record their own failure time.
+        lost: ranks whose host vanished with them (a lost Ray node). They died before
+            the launcher could notice, and before their peers failed on the closed
+            connections: their last sign of life (the rank file's last write) orders them.
     """
     ranks = run.ranks()
     outcomes: list[RankOutcome] = []
@@ -127,9 +131,15 @@ def summarize_ranks(run: RunDir, nproc_per_node: int, rank_exits: dict[int, int 
         own = info.get("state") == "failed" and info.get("ended")
         message = info.get("error") or (f"killed by {_signal_name(code)}" if code > 128
                                         else f"exited {code}")
+        if rank in lost:
+            message = "its node was lost with it (treated as preempted)"
         outcomes.append(RankOutcome(rank, node, code, message if code else ""))
         if code:
             when = float(info["ended"]) if own else seen.get(rank, float("inf"))
+            if rank in lost:
+                # A vanished host is never a consequence of a peer's error; without a rank
+                # file to date it (a remote Ray node's), it goes first.
+                when = float(info.get("updated") or 0.0)
             failures.append(RootCause(f"rank {rank} (node {node})", code, message, None, when))
     for p in run.preemptions():
         failures.append(RootCause(f"node {p['node']}", 143,

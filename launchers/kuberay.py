@@ -12,8 +12,9 @@ from fi_dist.errors import LauncherError
 from fi_dist.k8s import rayjob as manifest
 from fi_dist.k8s.validation import validate
 from fi_dist.launcher import DryRun, JobState, JobStatus
-from fi_dist.launchers.kube import KubernetesLauncher
 from fi_dist.spec import JobSpec
+
+from .kube import KubernetesLauncher
 
 # KubeRay's status.jobDeploymentStatus -> our state.
 _DEPLOYMENT = {"New": JobState.PENDING, "Initializing": JobState.PENDING,

@@ -18,9 +18,10 @@ from fi_dist.errors import LauncherError
 from fi_dist.k8s import pytorchjob as manifest
 from fi_dist.k8s.validation import validate
 from fi_dist.launcher import Attachment, DryRun, JobState, JobStatus
-from fi_dist.launchers.kube import KubernetesLauncher
 from fi_dist.launchjson import attach_config
 from fi_dist.spec import JobSpec
+
+from .kube import KubernetesLauncher
 
 # The operator's last condition -> our state.
 _CONDITIONS = {"Created": JobState.PENDING, "Running": JobState.RUNNING,
@@ -39,7 +40,7 @@ def conditions_state(conditions: list[dict[str, Any]]) -> tuple[JobState, str]:
     if not conditions:
         return JobState.PENDING, "no conditions yet"
     last = conditions[-1]
-    return _CONDITIONS.get(last.get("type"), JobState.UNKNOWN), last.get("message", "")
+    return _CONDITIONS.get(str(last.get("type")), JobState.UNKNOWN), last.get("message", "")
 
 
 class PyTorchJobLauncher(KubernetesLauncher):

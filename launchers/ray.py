@@ -39,8 +39,9 @@ from fi_dist.launcher import (
     run_attachment,
     run_status,
 )
-from fi_dist.launchers.ray_plan import RayRequest, plan, prepare_local_ray
 from fi_dist.spec import JobSpec
+
+from .ray_plan import RayRequest, plan, prepare_local_ray
 
 
 class RayLauncher(Launcher):
@@ -69,7 +70,7 @@ class RayLauncher(Launcher):
 
     def run(self, dryrun: DryRun, view: PlainView) -> int:
         prepare_local_ray()
-        from fi_dist.launchers import ray_driver  # imports ray
+        from . import ray_driver  # imports ray
 
         req: RayRequest = dryrun.request
         return ray_driver.supervise(req, rundir.create_run(self.cwd), view)

@@ -30,15 +30,16 @@ from fi_dist import procs, rundir
 from fi_dist.console import PlainView, TeeView
 from fi_dist.contract import HUB_READY, JobContract, hub_command, rank_command
 from fi_dist.errors import LauncherError
-from fi_dist.launchers.ray_plan import (
+from fi_dist.summary import Summary, summarize_ranks
+from fi_dist.supervisor import Backend, Supervisor
+
+from .ray_plan import (
     LOCAL_OBJECT_STORE_BYTES,
     LOCAL_RAY_ENV,
     PREEMPTED_EXIT,
     RayRequest,
     rank_env,
 )
-from fi_dist.summary import Summary, summarize_ranks
-from fi_dist.supervisor import Backend, Supervisor
 
 _PR_SET_PDEATHSIG = 1
 POLL_TIMEOUT = 30.0
@@ -182,8 +183,8 @@ class RayBackend(Backend):
         self.started_ray = False
         self.pg: Any = None
         self.actors: list[Any] = []
-        self.pending: dict[int, Any] = {}
         self.seen: dict[int, float] = {}
+        self.lost: set[int] = set()
 
     def node_of(self, unit: int) -> int:
         return unit // self.spec.nproc_per_node
@@ -226,8 +227,8 @@ class RayBackend(Backend):
         argv = rank_command(self.spec.script, self.spec.script_args)
         for a, env in zip(self.actors, envs, strict=True):
             ray.get(a.start.remote(argv, env, os.getcwd()))
-        self.pending = {}
         self.seen = {}
+        self.lost = set()
         return [r.rank for r in self.req.ranks]
 
     def poll(self, timeout: float) -> tuple[list[tuple[int, str]], dict[int, int]]:
@@ -243,6 +244,7 @@ class RayBackend(Backend):
                 self.view.message(f"fi-dist: rank {r.rank} (node {r.node}) lost its Ray actor "
                                   f"({type(exc).__name__}): treating it as preempted")
                 out, code = [], PREEMPTED_EXIT
+                self.lost.add(r.rank)
             lines += [(r.node, f"[node{r.node} rank{r.rank}] {text}") for text in out]
             if code is not None:
                 ended[r.rank] = code
@@ -256,7 +258,8 @@ class RayBackend(Backend):
                     actor.terminate.remote(grace)
 
     def summarize(self, exits: dict[int, int | None]) -> Summary:
-        return summarize_ranks(self.run_dir, self.spec.nproc_per_node, exits, self.seen)
+        return summarize_ranks(self.run_dir, self.spec.nproc_per_node, exits, self.seen,
+                               self.lost)
 
     def end_attempt(self) -> None:
         if self.job.debug is not None and self.actors:

@@ -228,14 +228,14 @@ def _wrap(fn: Callable[..., Any], cfg: InteractiveConfig) -> Callable[..., Any]:
             return target.fn(*args, **kwargs)
         return _run(target.cfg, target.fn, target.file, args, kwargs)
 
-    wrapper.__wrapped__ = target  # type: ignore[attr-defined]
+    wrapper.__wrapped__ = target
     setattr(wrapper, MARK, True)
     return wrapper
 
 
 def _wrap_task(task: Any, cfg: InteractiveConfig) -> Any:
     task._task_function = _wrap(task.task_function, cfg)
-    config = getattr(task, "task_config", None)
+    config: Any = getattr(task, "task_config", None)
     if (cfg.enabled() and hasattr(config, "max_restarts") and hasattr(config, "nproc_per_node")
             and config.max_restarts < cfg.max_restarts):
         config.max_restarts = cfg.max_restarts  # room for resumes (Elastic only)

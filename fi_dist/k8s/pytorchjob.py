@@ -56,7 +56,8 @@ def require_cluster_fields(spec: JobSpec, launcher: str) -> None:
                           f"resources.gpus={spec.resources.gpus}: one GPU per rank")
 
 
-def checkpoint_volume(uri: str | None) -> tuple[str | None, dict | None, dict | None]:
+def checkpoint_volume(uri: str | None
+                      ) -> tuple[str | None, dict[str, Any] | None, dict[str, Any] | None]:
     """(FI_DIST_CKPT_DIR value, volume, volumeMount) for ``pvc://CLAIM[/SUB]`` or a URI."""
     if not uri:
         return None, None, None
@@ -127,7 +128,7 @@ def _pod_template(spec: JobSpec, job: JobContract, master: bool) -> dict[str, An
     # torch DataLoader workers and NCCL need more /dev/shm than a container's 64 MiB.
     volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
-    if volume:
+    if volume and mount:
         volumes.append(volume)
         mounts.append(mount)
     container: dict[str, Any] = {

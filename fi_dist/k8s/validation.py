@@ -24,11 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fi_dist import env_vars as ev
 from fi_dist.errors import ConfigError
 
 log = logging.getLogger("fi_dist.k8s")
 
-CRDS_DIR_ENV = "FI_DIST_CRDS_DIR"
+CRDS_DIR_ENV = ev.FI_DIST_CRDS_DIR
 """Directory of CRD YAML files to validate against (client-side setting, not a job var)."""
 
 # kind -> CRD file name in ../shared/crds (or FI_DIST_CRDS_DIR).

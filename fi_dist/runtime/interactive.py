@@ -70,7 +70,7 @@ def fresh_store_namespace() -> None:
         return dist.PrefixStore(f"fi_dist/attempt_{attempt}/", original(*args, **kwargs))
 
     create.__fi_dist__ = True  # type: ignore[attr-defined]
-    rdzv._create_c10d_store = create
+    rdzv._create_c10d_store = create  # type: ignore[attr-defined]
 
 
 def open_store(env: RankEnvironment) -> Any:
@@ -183,7 +183,8 @@ class Session:
         cfg = codeserver.CodeServerConfig(folder=self.root, state_dir=state, password=password,
                                           port=self.cfg.port)
         try:
-            self.code_server = codeserver.start(cfg, self.cfg.code_server)
+            binary = Path(self.cfg.code_server) if self.cfg.code_server else None
+            self.code_server = codeserver.start(cfg, binary)
         except RuntimeError as exc:
             print(f"fi-dist: code-server did not start: {exc}", file=sys.stderr, flush=True)
         if self.code_server is not None:

@@ -10,6 +10,7 @@ launcher's summary.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     # The operator sets PYTHONUNBUFFERED=0, which CPython reads as the integer 0, i.e.
     # buffered: rank lines tailed to a pipe would then reach the logs only at exit.
     for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(line_buffering=True)
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     node = NodeEnvironment.from_env()
     job = contract.current()

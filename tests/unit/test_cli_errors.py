@@ -1,10 +1,38 @@
-"""Bad CLI input gets a clear error naming what is wrong (real `fi-dist` subprocesses)."""
+"""Bad CLI input gets a clear error naming what is wrong (the CLI's main, in-process)."""
 
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 
-from conftest import EXAMPLES
+import pytest
+
+from fi_dist import cli
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(workdir: Path, capsys: pytest.CaptureFixture[str]):
+    """``fi-dist ARGS`` through ``cli.main`` in ``workdir``; argparse's exits included."""
+
+    def run(*args: str) -> Result:
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+
+    return run
 
 
 def test_nnodes_zero(run_cli):

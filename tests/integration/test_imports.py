@@ -1,5 +1,6 @@
-"""The package, the CLI and every dry-run work when kubernetes, ray and flytekit cannot
-be imported (torchx's no-import test): heavy clients load only inside backend methods.
+"""What a fresh interpreter imports: the package, the CLI and every dry-run work when
+kubernetes, ray and flytekit cannot be imported (torchx's no-import test), and the
+decorator switched off imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -87,3 +88,22 @@ def test_cluster_command_without_kubernetes_says_what_is_missing() -> None:
             raise AssertionError("status() worked without kubernetes")
     """)
     assert out.returncode == 0, out.stderr
+
+
+def test_off_is_a_plain_call_that_imports_nothing_heavy() -> None:
+    code = textwrap.dedent("""
+        import sys
+        from fi_dist import interactive_pytorch
+
+        @interactive_pytorch
+        def f(a, b=2):
+            return a * b
+
+        assert f(3) == 6 and f.__name__ == "f" and f.__wrapped__(1) == 2
+        heavy = [m for m in ("torch", "debugpy", "fi_dist.runtime.interactive") if m in sys.modules]
+        print(heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
