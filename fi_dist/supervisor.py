@@ -81,8 +81,10 @@ class Supervisor:
     """Runs attempts of one job until success, a final failure or a stop signal."""
 
     def __init__(self, spec: JobSpec, backend: Backend, view: PlainView, run_dir: RunDir,
-                 run_info: dict[str, Any] | None = None) -> None:
+                 run_info: dict[str, Any] | None = None,
+                 peer_window: float = PEER_EXIT_WINDOW) -> None:
         self.spec = spec
+        self.peer_window = peer_window
         self.backend = backend
         self.view = view
         self.run_dir = run_dir
@@ -174,7 +176,7 @@ class Supervisor:
             # Peers of a failed unit usually fail on their own within a moment (closed
             # sockets); give them that so their exit codes are their own, then end them.
             overdue = (first_failure is not None
-                       and time.monotonic() - first_failure > PEER_EXIT_WINDOW)
+                       and time.monotonic() - first_failure > self.peer_window)
             if (overdue or self._stop_signal is not None) and stopped_at is None:
                 stopped_at = time.monotonic()
                 threading.Thread(target=self.backend.terminate, args=(self.spec.grace_period,),
