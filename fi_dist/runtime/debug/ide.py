@@ -22,6 +22,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
+from fi_dist.runtime.debug.breakall import RankState, forwards_continue
 from fi_dist.runtime.debug.protocol import ProtocolError, encode, read_message
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class IdeSession:
             self.hub.root = self
         else:
             link = self.hub.ranks.get(rank) if isinstance(rank, int) else None
-            if link is None or link.state == "exited":
+            if link is None or link.state is RankState.EXITED:
                 self.respond(req, error=f"rank {rank!r} is not connected to the hub")
                 return
             try:
@@ -233,7 +234,7 @@ class IdeSession:
                 self.configured = True
                 self.event("process", {"name": link.label, "systemProcessId": link.pid,
                                        "isLocalProcess": False, "startMethod": "attach"})
-                if link.state in ("stopped",) and link.stopped_event is not None:
+                if link.state is RankState.STOPPED and link.stopped_event is not None:
                     self.send(link.stopped_event)
             return
         if cmd in ("disconnect", "terminate"):
@@ -245,7 +246,7 @@ class IdeSession:
         if up is None:
             self.respond(req, error=f"{link.label} has no live debug session ({link.state})")
             return
-        if cmd == "continue" and link.state != "stopped":
+        if cmd == "continue" and not forwards_continue(link.machine):
             # pydevd answers a continue only once a thread resumes: sent to a rank that
             # never stopped it would stall that rank's adapter. Continue the job instead.
             self.respond(req, {"allThreadsContinued": True})
@@ -256,7 +257,7 @@ class IdeSession:
             self.respond(req, cached.get("body") or {})
             return
         if cmd == "pause":
-            link.unpaused_at = 0.0  # the stop it brings is this pause, not a cancelled one
+            self.hub.child_pause(link)  # the stop it brings is this pause, not a late one
         sink = self._threads_sink if cmd == "threads" else self.send
         try:
             up.forward(req, sink)
