@@ -283,6 +283,30 @@ class Hub:
                 up.forget(command, args)  # children must ask the rank again
                 up.fire(command, args)
 
+    # --- what IDE sessions change (they call these, never write the hub's fields) ---------
+    def set_root(self, session: IdeSession) -> bool:
+        """Make ``session`` the job's root session; False when another client has one."""
+        if self.root is not None:
+            return False
+        self.root = session
+        return True
+
+    def attach_child(self, link: RankLink, session: IdeSession) -> None:
+        """Make ``session`` rank ``link``'s child view, closing an older one."""
+        if link.child is not None and link.child is not session:
+            link.child.close()
+        link.child = session
+
+    def set_breakpoints(self, args: dict[str, Any]) -> None:
+        """The root's ``setBreakpoints`` for one file: every rank, now and when it attaches."""
+        self.breakpoints[(args.get("source") or {}).get("path") or ""] = args
+        self.broadcast("setBreakpoints", args)
+
+    def set_exception_filters(self, args: dict[str, Any]) -> None:
+        """The root's ``setExceptionBreakpoints``: every rank, now and when it attaches."""
+        self.exception_filters = args
+        self.broadcast("setExceptionBreakpoints", args)
+
     def child_pause(self, link: RankLink) -> None:
         """A child view forwards its own ``pause``: the stop it brings is not a late one."""
         self._feed(link, ChildPause())

@@ -144,11 +144,10 @@ class IdeSession:
             return
         rank = args.get("fiDistRank")
         if rank is None:
-            if self.hub.root is not None:
+            if not self.hub.set_root(self):
                 self.respond(req, error="another client is already attached to this job")
                 return
             self.role = "root"
-            self.hub.root = self
         else:
             link = self.hub.ranks.get(rank) if isinstance(rank, int) else None
             if link is None or link.state is RankState.EXITED:
@@ -159,9 +158,8 @@ class IdeSession:
             except (TimeoutError, ConnectionError, OSError) as exc:
                 self.respond(req, error=f"{link.label}: cannot open its debug session: {exc}")
                 return
-            if link.child is not None and link.child is not self:
-                link.child.close()
-            self.role, self.link, link.child = "child", link, self
+            self.hub.attach_child(link, self)
+            self.role, self.link = "child", link
         self.attach_req = req
         self.event("initialized")
 
@@ -169,14 +167,11 @@ class IdeSession:
     async def _root_request(self, req: dict[str, Any], cmd: str, args: dict[str, Any]) -> None:
         hub = self.hub
         if cmd == "setBreakpoints":
-            path = (args.get("source") or {}).get("path") or ""
-            hub.breakpoints[path] = args
-            hub.broadcast("setBreakpoints", args)
+            hub.set_breakpoints(args)
             self.respond(req, {"breakpoints": [{"verified": True, "line": b.get("line")}
                                                for b in args.get("breakpoints") or []]})
         elif cmd == "setExceptionBreakpoints":
-            hub.exception_filters = args
-            hub.broadcast(cmd, args)
+            hub.set_exception_filters(args)
             self.respond(req, {})
         elif cmd == "setFunctionBreakpoints":
             hub.broadcast(cmd, args)
