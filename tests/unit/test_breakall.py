@@ -226,9 +226,10 @@ ROWS = [
     # --- client gone: every rank resumes ---------------------------------------------
     pytest.param(rank(STOPPED, epoch=2), ClientGone(9.0), rank(epoch=2),
                  (Do.DETACH, RUNNING_NOTE, Do.RESUMED), id="client gone while stopped"),
-    pytest.param(rank(PAUSING, epoch=2, owed=True), ClientGone(9.0), rank(epoch=2),
-                 (Do.DETACH, RUNNING_NOTE, Do.RESUMED), id="client gone while pausing"),
-    pytest.param(rank(BLOCKED, epoch=2), ClientGone(9.0), rank(epoch=2),
+    pytest.param(rank(PAUSING, epoch=2, owed=True), ClientGone(9.0),
+                 rank(epoch=2, cancelled_at=9.0), (Do.DETACH, RUNNING_NOTE, Do.RESUMED),
+                 id="client gone while pausing: its pause counts as cancelled"),
+    pytest.param(rank(BLOCKED, epoch=2), ClientGone(9.0), rank(epoch=2, cancelled_at=9.0),
                  (Do.DETACH, RUNNING_NOTE, Do.RESUMED), id="client gone while blocked"),
     pytest.param(rank(held=True), ClientGone(9.0), rank(held=True),
                  (Do.DETACH, Do.RESUMED), id="client gone while running"),
@@ -313,6 +314,14 @@ def test_cancelled_pause_lands_only_once_as_late() -> None:
     assert out[1] == (Do.RESUMED, Do.UNPAUSE, RUNNING_NOTE)
     assert out[2] == (Do.DROP_STOP,)
     assert out[3] == first_stop(2)
+
+
+def test_pause_landing_after_the_client_left_breaks_nothing() -> None:
+    # Before: the late stop paused every other rank in-process with no client to
+    # continue them (the job hung until the next attach).
+    _, out = run([Pause(live=True), PauseOverdue(1, 0), ClientGone(20.0),
+                  Stopped("pause", 20.2)])
+    assert out[3] == (Do.DROP_STOP,)
 
 
 def test_child_pause_after_a_cancel_brings_a_real_stop() -> None:

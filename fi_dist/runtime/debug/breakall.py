@@ -45,7 +45,8 @@ class RankState(StrEnum):
         PAUSING/BLOCKED --Continue, Hold--> RUNNING  pause taken back in-process; if it lands
                                                      within UNPAUSE_WINDOW the stop is dropped
         STOPPED --Continue, Continued-----> RUNNING
-        PAUSING/BLOCKED/STOPPED --ClientGone--> RUNNING  the DAP disconnect resumes it
+        PAUSING/BLOCKED/STOPPED --ClientGone--> RUNNING  the DAP disconnect resumes it (a
+                                                     pause landing late is dropped too)
         any --RankGone--------------------> EXITED   absorbing: later events change nothing
 
     Flags that survive a state live beside it in :class:`Rank` (held, pause owed, when
@@ -359,9 +360,13 @@ def step(rank: Rank, event: Event) -> tuple[Rank, tuple[Action, ...]]:
         case Located(epoch=epoch, where=where):
             if s is RankState.STOPPED and epoch == rank.epoch:
                 return rank, (Notify(f"paused at {where}"),)
-        case ClientGone():
+        case ClientGone(now=now):
             if s in HALTED:
-                return (replace(rank, state=RankState.RUNNING, owed=False),
+                # A pause still in flight may land before the disconnect resumes the
+                # rank: that stop is the cancelled pause, not a stop to break all on.
+                cancelled = now if s in _PAUSED else None
+                return (replace(rank, state=RankState.RUNNING, owed=False,
+                                cancelled_at=cancelled),
                         (Do.DETACH, Notify(RUNNING_NOTE), Do.RESUMED))
             return rank, (Do.DETACH, Do.RESUMED)
         case RankGone():
