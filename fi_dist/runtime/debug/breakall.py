@@ -45,6 +45,7 @@ class RankState(StrEnum):
         PAUSING/BLOCKED --Continue, Hold--> RUNNING  pause taken back in-process; if it lands
                                                      within UNPAUSE_WINDOW the stop is dropped
         STOPPED --Continue, Continued-----> RUNNING
+        STOPPED --Stopped-----------------> STOPPED  a step ended (counts as a first stop)
         PAUSING/BLOCKED/STOPPED --ClientGone--> RUNNING  the DAP disconnect resumes it (a
                                                      pause landing late is dropped too)
         any --RankGone--------------------> EXITED   absorbing: later events change nothing
