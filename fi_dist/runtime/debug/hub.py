@@ -12,7 +12,9 @@ Break on all ranks: a ``stopped`` event from any rank makes the hub send ``pause
 every running rank; ``continue`` on one rank continues all; steps act on one rank. A
 rank that ignores the pause (inside a collective, waiting for a stopped peer) is shown
 as blocked with its Python stack; its pause stays pending, so it stops as soon as the
-collective returns.
+collective returns. What to do for each rank is decided by the pure state machine in
+:mod:`fi_dist.runtime.debug.breakall`; this module keeps the sockets and timers, turns
+what arrives into its events and carries out the actions it returns.
 """
 
 from __future__ import annotations
@@ -34,23 +36,41 @@ from fi_dist import env_vars as ev
 from fi_dist import launchjson as vscode
 from fi_dist.contract import HUB_READY, DebugSettings
 from fi_dist.errors import FiDistError
-from fi_dist.runtime.debug import launchjson
+from fi_dist.runtime.debug import breakall, launchjson
+from fi_dist.runtime.debug.breakall import (
+    HALTED,
+    After,
+    AskStack,
+    AskWhere,
+    Blocked,
+    ChildPause,
+    ClientGone,
+    Continue,
+    Continued,
+    Do,
+    Event,
+    Gone,
+    Hold,
+    Located,
+    Notify,
+    Pause,
+    PauseFailed,
+    RankGone,
+    RankState,
+    Release,
+    Resume,
+    SessionConfigured,
+    ShowBlocked,
+    Stopped,
+)
 from fi_dist.runtime.debug.ide import HUB_KEYS, IdeSession
 from fi_dist.runtime.debug.protocol import MAX_LINE, ProtocolError, line, read_line
 from fi_dist.runtime.debug.upstream import RankLink, Upstream
 
 log = logging.getLogger("fi_dist.debug.hub")
 
-BLOCKED_AFTER = 0.3
-"""Seconds a paused rank may keep running before the hub calls it blocked."""
-PAUSE_RETRY_MAX = 5.0
-"""Longest wait between re-sent pauses to a rank that has not stopped yet."""
-RECORD_STOP_AFTER = 0.3
-"""Seconds after a stop before the hub asks the rank where it stopped (for status)."""
 ACTIVITY_EVERY = 1.0
 """Least seconds between two debugger-activity notes to a rank (each writes a file)."""
-UNPAUSE_WINDOW = 5.0
-"""Seconds after a cancelled pause during which a stop "by pause" is that pause, late."""
 ATTACH_TRIES = 5
 """Attach attempts per rank (an adapter still detaching a previous client refuses)."""
 
@@ -72,6 +92,7 @@ class Hub:
         self._sids = itertools.count(1)
         self._data: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._servers: list[asyncio.base_events.Server] = []
+        self._detaching: list[asyncio.Task[None]] = []
 
     # --- listeners ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -152,36 +173,15 @@ class Hub:
                 if not fut.done():
                     fut.set_result(msg)
             link.stack_waiters.clear()
-        elif event == "pause-failed" and link.state in ("pausing", "blocked"):
-            # The in-process pause failed: ask pydevd through the adapter, now or as soon
-            # as the rank's session is configured.
-            if (up := link.live) is not None:
-                up.fire("pause", {"threadId": "*"})
-            else:
-                link.pause_pending = True
+        elif event == "pause-failed":
+            self._feed(link, PauseFailed(live=link.live is not None))
         elif event == "hold":
-            link.held = True
-            if link.state in ("pausing", "blocked"):
-                # A break-all pause went out before this rank said it is on its way to
-                # fi_dist.breakpoint(): take it back (the rank reports its own state).
-                self._cancel_pause(link)
-                link.state, link.blocked = "running", None
+            self._feed(link, Hold(time.monotonic()))
         elif event == "release":
-            link.held = False
+            self._feed(link, Release())
 
     def _rank_gone(self, link: RankLink) -> None:
-        was = link.state
-        link.state = "exited"
-        level = logging.WARNING if was in ("stopped", "pausing", "blocked") else logging.INFO
-        log.log(level, "%s exited (was %s)", link.label, was)
-        if link.upstream is not None:
-            asyncio.create_task(link.upstream.close(disconnect=False))
-        if link.child is not None:
-            link.child.event("exited", {"exitCode": 0})
-            link.child.event("terminated")
-        if self.root is not None:
-            self.root.event("output", {"category": "console",
-                                       "output": f"fi-dist: {link.label} exited (was {was})\n"})
+        self._feed(link, RankGone())
 
     # --- rank debug sessions -------------------------------------------------------------
     def _attach_args(self, args: dict[str, Any] | None) -> dict[str, Any]:
@@ -209,12 +209,9 @@ class Hub:
                 try:
                     await up.configure(self._attach_args(args), self.exception_filters,
                                        self.breakpoints)
-                    if link.pause_pending:
-                        # The rank ran (configurationDone released it) before its attach
-                        # answered and another rank stopped meanwhile: pause it now.
-                        link.pause_pending = False
-                        if link.state == "pausing":
-                            self._send_pause(link)
+                    # A pause owed meanwhile (configurationDone let the rank run before
+                    # its attach answered) goes out now.
+                    self._feed(link, SessionConfigured())
                     return up
                 except ConnectionError as exc:
                     # A half-attached session cannot be attached again: start over.
@@ -245,7 +242,7 @@ class Hub:
         # pays for attach + configuration (P3).
         async def warm() -> None:
             async with link.lock:
-                if link.state == "exited" or (link.upstream is not None
+                if link.state is RankState.EXITED or (link.upstream is not None
                                               and not link.upstream.closed.is_set()):
                     return
                 try:
@@ -269,12 +266,12 @@ class Hub:
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.warning("%s: cannot open its debug session: %s", link.label, exc)
             return
-        if self.root is not None and self.root.configured and link.state != "exited":
+        if self.root is not None and self.root.configured and link.state is not RankState.EXITED:
             self.root.announce(link)
 
     async def root_configured(self, root: IdeSession) -> None:
         for link in list(self.ranks.values()):
-            if link.state != "exited":
+            if link.state is not RankState.EXITED:
                 root.announce(link)
                 asyncio.create_task(self._open_for_root_quiet(link))
 
@@ -290,6 +287,34 @@ class Hub:
                 up.forget(command, args)  # children must ask the rank again
                 up.fire(command, args)
 
+    # --- what IDE sessions change (they call these, never write the hub's fields) ---------
+    def set_root(self, session: IdeSession) -> bool:
+        """Make ``session`` the job's root session; False when another client has one."""
+        if self.root is not None:
+            return False
+        self.root = session
+        return True
+
+    def attach_child(self, link: RankLink, session: IdeSession) -> None:
+        """Make ``session`` rank ``link``'s child view, closing an older one."""
+        if link.child is not None and link.child is not session:
+            link.child.close()
+        link.child = session
+
+    def set_breakpoints(self, args: dict[str, Any]) -> None:
+        """The root's ``setBreakpoints`` for one file: every rank, now and when it attaches."""
+        self.breakpoints[(args.get("source") or {}).get("path") or ""] = args
+        self.broadcast("setBreakpoints", args)
+
+    def set_exception_filters(self, args: dict[str, Any]) -> None:
+        """The root's ``setExceptionBreakpoints``: every rank, now and when it attaches."""
+        self.exception_filters = args
+        self.broadcast("setExceptionBreakpoints", args)
+
+    def child_pause(self, link: RankLink) -> None:
+        """A child view forwards its own ``pause``: the stop it brings is not a late one."""
+        self._feed(link, ChildPause())
+
     async def ide_closed(self, session: IdeSession) -> None:
         if session.link is not None and session.link.child is session:
             session.link.child = None
@@ -301,18 +326,14 @@ class Hub:
         self.breakpoints.clear()
         self.exception_filters = {"filters": []}
         log.warning("IDE client detached: resuming every rank")
-        closing = []
+        now = time.monotonic()
         for link in self.ranks.values():
             if link.child is not None:
                 link.child.event("terminated")
                 link.child.close()
                 link.child = None
-            closing.append(self._reset(link))
-            link.pause_pending = False
-            if link.state in ("stopped", "pausing", "blocked"):
-                link.state = "running"
-                link.command(cmd="state", state="running")
-            link.command(cmd="resumed")
+            self._feed(link, ClientGone(now))
+        closing, self._detaching = self._detaching, []
         await asyncio.gather(*closing, return_exceptions=True)
 
     def activity(self, link: RankLink) -> None:
@@ -322,93 +343,103 @@ class Hub:
             link.activity_sent = now
             link.command(cmd="activity")
 
-    # --- break all / continue all ------------------------------------------------------
+    # --- break all / continue all: events in, actions out ------------------------------
     def _rank_event(self, link: RankLink, msg: dict[str, Any]) -> None:
         name = msg["event"]
         if name == "fi-dist/closed":
             return
         if name == "stopped":
-            if self._late_pause(link, msg):
-                log.info("%s: a cancelled pause landed late; the rank resumes", link.label)
-                return
-            first = link.state not in ("pausing", "blocked")
-            link.state, link.stopped_event, link.blocked = "stopped", msg, None
-            link.pause_pending = False
-            link.held = False  # a rank held on its way to fi_dist.breakpoint() got there
-            if first:
-                self.pause_all(link)
-            # Where it stopped, for `fi-dist status`: one more round trip per rank, so
-            # asked once the break-all fan-out is over rather than competing with it.
-            asyncio.get_running_loop().call_later(
-                RECORD_STOP_AFTER, lambda: asyncio.create_task(self._record_stop(link, msg)))
-        elif name == "continued" and link.state == "stopped":
-            link.state = "running"
-            link.command(cmd="state", state="running")
+            reason = (msg.get("body") or {}).get("reason")
+            self._feed(link, Stopped(str(reason or ""), time.monotonic()), stop=msg)
+            return  # shown (or not) by the machine's SHOW_STOP
+        if name == "continued":
+            self._feed(link, Continued())
+        self._to_child(link, msg)
+
+    def _to_child(self, link: RankLink, msg: dict[str, Any]) -> None:
         if link.child is not None and link.child.configured:
             link.child.send(msg)
 
-    async def _record_stop(self, link: RankLink, stop: dict[str, Any]) -> None:
-        up = link.upstream
-        if up is None or link.stopped_event is not stop or link.state != "stopped":
-            return
-        try:
-            resp = await asyncio.wait_for(up.request("stackTrace", {
-                "threadId": link.thread_id, "startFrame": 0, "levels": 1}), 5)
-        except (TimeoutError, ConnectionError):
-            return
-        frames = (resp.get("body") or {}).get("stackFrames") or []
-        if frames and link.state == "stopped":
-            src = (frames[0].get("source") or {}).get("path", "?")
-            link.where = f"{os.path.basename(src)}:{frames[0].get('line')}"
-            link.command(cmd="state", state=f"paused at {link.where}")
-
     def pause_all(self, origin: RankLink | None) -> None:
         """Pause every running rank except ``origin`` (a no-op for stopped or held ones)."""
-        for link in self.ranks.values():
-            if link is origin or link.state != "running" or link.held:
-                continue
-            link.state = "pausing"
-            if link.live is not None:
-                self._send_pause(link)
-            else:
-                # Its session is still being configured (configurationDone already let
-                # the rank run, the attach response has not come back): skipping it here
-                # lost the pause for good, so it is owed and sent once configured.
-                link.pause_pending = True
+        states = {r: link.machine for r, link in self.ranks.items()}
+        for r in breakall.pause_targets(states, origin.rank if origin is not None else None):
+            link = self.ranks[r]
+            self._feed(link, Pause(live=link.live is not None))
 
-    def _send_pause(self, link: RankLink) -> None:
-        link.unpaused_at = 0.0
-        link.pause_sent = sent = time.monotonic()
-        # Through the agent, in-process: one hop less than a DAP pause via the adapter.
-        link.command(cmd="pause")
-        asyncio.get_running_loop().call_later(BLOCKED_AFTER, self._check_blocked, link, sent)
+    def continue_all(self, origin: RankLink | None) -> None:
+        """Continue every halted rank and cancel pending pauses (except ``origin``)."""
+        states = {r: link.machine for r, link in self.ranks.items()}
+        targets = set(breakall.continue_targets(states,
+                                                origin.rank if origin is not None else None))
+        now = time.monotonic()
+        for r, link in list(self.ranks.items()):
+            self._feed(link, Continue(now) if r in targets else Resume())
 
-    def _check_blocked(self, link: RankLink, sent: float) -> None:
-        if link.state == "pausing" and link.pause_sent == sent:
-            asyncio.create_task(self._pause_watch(link, sent))
+    def _feed(self, link: RankLink, event: Event, stop: dict[str, Any] | None = None) -> None:
+        """Step ``link``'s break-all machine with ``event`` and carry out its actions.
 
-    async def _pause_watch(self, link: RankLink, sent: float) -> None:
-        """A rank that has not stopped BLOCKED_AFTER after its pause: report, re-send.
-
-        Under CPU load the agent thread may run late or the in-process suspend may not
-        take (a pause must never be lost), so the pause also goes through the adapter,
-        re-sent with backoff until the rank stops or the job is continued. A rank in a
-        collective keeps its pending pause either way and stops when the call returns.
+        ``stop`` is the adapter's ``stopped`` message that :class:`Stopped` came from.
         """
-        delay = BLOCKED_AFTER
-        reported = False
-        while link.state in ("pausing", "blocked") and link.pause_sent == sent:
-            if (up := link.live) is not None:
-                up.fire("pause", {"threadId": "*"})
-            if not reported:
-                reported = True
-                await self._report_blocked(link)
-            delay = min(delay * 2, PAUSE_RETRY_MAX)
-            await asyncio.sleep(delay)
-            if link.state in ("pausing", "blocked") and link.pause_sent == sent:
-                link.command(cmd="pause")
+        link.machine, actions = breakall.step(link.machine, event)
+        for action in actions:
+            self._do(link, action, stop)
 
-    async def _report_blocked(self, link: RankLink) -> None:
+    def _do(self, link: RankLink, action: breakall.Action, stop: dict[str, Any] | None
+            ) -> None:
+        match action:
+            case Do.PAUSE:  # through the agent, in-process: one hop less than the adapter
+                link.command(cmd="pause")
+            case Do.DAP_PAUSE:
+                if (up := link.live) is not None:
+                    up.fire("pause", {"threadId": "*"})
+            case Do.DAP_CONTINUE:
+                if (up := link.live) is not None:
+                    up.fire("continue", {"threadId": link.thread_id})
+            case Do.UNPAUSE:
+                link.command(cmd="unpause")
+            case Do.RESUMED:
+                link.command(cmd="resumed")
+            case Do.SHOW_STOP:
+                if stop is not None:
+                    link.stopped_event = stop
+                    self._to_child(link, stop)
+            case Do.DROP_STOP:
+                log.info("%s: a cancelled pause landed late; the rank resumes", link.label)
+            case Do.PAUSE_OTHERS:
+                self.pause_all(link)
+            case Do.DETACH:
+                self._detaching.append(asyncio.create_task(self._reset(link)))
+            case Notify(text=text):
+                link.command(cmd="state", state=text)
+            case After(delay=delay, event=event):
+                asyncio.get_running_loop().call_later(delay, self._feed, link, event)
+            case AskStack(epoch=epoch):
+                asyncio.create_task(self._ask_stack(link, epoch))
+            case AskWhere(epoch=epoch):
+                asyncio.create_task(self._ask_where(link, epoch))
+            case ShowBlocked(summary=summary, stack=stack):
+                note = (f"fi-dist: {link.label} is {summary}; it stops as soon as the call "
+                        f"returns to Python. Python stack (innermost last):\n{stack}")
+                log.warning("%s", note.rstrip())
+                for session in (link.child, self.root):
+                    if session is not None:
+                        session.event("output", {"category": "console", "output": note})
+            case Gone(was=was):
+                log.log(logging.WARNING if was in HALTED else logging.INFO,
+                        "%s exited (was %s)", link.label, was)
+                if link.upstream is not None:
+                    asyncio.create_task(link.upstream.close(disconnect=False))
+                if link.child is not None:
+                    link.child.event("exited", {"exitCode": 0})
+                    link.child.event("terminated")
+                if self.root is not None:
+                    self.root.event("output", {
+                        "category": "console",
+                        "output": f"fi-dist: {link.label} exited (was {was})\n"})
+
+    async def _ask_stack(self, link: RankLink, epoch: int) -> None:
+        """The agent's main-thread stack, for a rank that did not stop for its pause."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         link.stack_waiters.append(fut)
         link.command(cmd="stack")
@@ -416,52 +447,25 @@ class Hub:
             stack = await asyncio.wait_for(fut, 5)
         except TimeoutError:
             return
-        if link.state != "pausing":
-            return
-        link.state = "blocked"
-        link.blocked = str(stack.get("summary", "blocked"))
         frames = stack.get("frames") or []
         text = "".join(f"    {f.get('file')}:{f.get('line')} in {f.get('name')}\n"
                        for f in frames[-8:])
-        note = (f"fi-dist: {link.label} is {link.blocked}; it stops as soon as the call "
-                f"returns to Python. Python stack (innermost last):\n{text}")
-        log.warning("%s", note.rstrip())
-        link.command(cmd="state", state=link.blocked)
-        for session in (link.child, self.root):
-            if session is not None:
-                session.event("output", {"category": "console", "output": note})
+        self._feed(link, Blocked(epoch, str(stack.get("summary") or "in native code"), text))
 
-    def continue_all(self, origin: RankLink | None) -> None:
-        """Continue every stopped rank and cancel pending pauses (except ``origin``)."""
-        for link in self.ranks.values():
-            link.command(cmd="resumed")  # releases ranks waiting in fi_dist.breakpoint(rank=k)
-            link.pause_pending = False
-            if link is origin or link.state not in ("stopped", "pausing", "blocked"):
-                continue
-            if link.state == "stopped":
-                if (up := link.live) is not None:
-                    up.fire("continue", {"threadId": link.thread_id})
-            else:
-                self._cancel_pause(link)
-            link.state, link.blocked = "running", None
-            link.command(cmd="state", state="running")
-
-    def _cancel_pause(self, link: RankLink) -> None:
-        """Take back a pause the rank never stopped for, in-process.
-
-        Not a DAP continue: pydevd answers that only once a thread has actually resumed,
-        and the adapter serves nothing else for the rank meanwhile.
-        """
-        link.command(cmd="unpause")
-        link.unpaused_at = time.monotonic()
-
-    def _late_pause(self, link: RankLink, msg: dict[str, Any]) -> bool:
-        """A stop by a pause the client already continued (the agent's unpause resumes it)."""
-        reason = (msg.get("body") or {}).get("reason")
-        late = (reason == "pause" and link.state == "running"
-                and time.monotonic() - link.unpaused_at < UNPAUSE_WINDOW)
-        link.unpaused_at = 0.0
-        return late
+    async def _ask_where(self, link: RankLink, epoch: int) -> None:
+        """Where a stopped rank stopped (its top frame), for ``fi-dist status``."""
+        up = link.upstream
+        if up is None:
+            return
+        try:
+            resp = await asyncio.wait_for(up.request("stackTrace", {
+                "threadId": link.thread_id, "startFrame": 0, "levels": 1}), 5)
+        except (TimeoutError, ConnectionError):
+            return
+        frames = (resp.get("body") or {}).get("stackFrames") or []
+        if frames:
+            src = (frames[0].get("source") or {}).get("path", "?")
+            self._feed(link, Located(epoch, f"{os.path.basename(src)}:{frames[0].get('line')}"))
 
     async def serve_forever(self) -> None:
         await asyncio.gather(*(s.serve_forever() for s in self._servers))

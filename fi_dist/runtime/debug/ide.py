@@ -22,6 +22,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
+from fi_dist.runtime.debug.breakall import RankState, forwards_continue
 from fi_dist.runtime.debug.protocol import ProtocolError, encode, read_message
 
 if TYPE_CHECKING:
@@ -143,14 +144,13 @@ class IdeSession:
             return
         rank = args.get("fiDistRank")
         if rank is None:
-            if self.hub.root is not None:
+            if not self.hub.set_root(self):
                 self.respond(req, error="another client is already attached to this job")
                 return
             self.role = "root"
-            self.hub.root = self
         else:
             link = self.hub.ranks.get(rank) if isinstance(rank, int) else None
-            if link is None or link.state == "exited":
+            if link is None or link.state is RankState.EXITED:
                 self.respond(req, error=f"rank {rank!r} is not connected to the hub")
                 return
             try:
@@ -158,9 +158,8 @@ class IdeSession:
             except (TimeoutError, ConnectionError, OSError) as exc:
                 self.respond(req, error=f"{link.label}: cannot open its debug session: {exc}")
                 return
-            if link.child is not None and link.child is not self:
-                link.child.close()
-            self.role, self.link, link.child = "child", link, self
+            self.hub.attach_child(link, self)
+            self.role, self.link = "child", link
         self.attach_req = req
         self.event("initialized")
 
@@ -168,14 +167,11 @@ class IdeSession:
     async def _root_request(self, req: dict[str, Any], cmd: str, args: dict[str, Any]) -> None:
         hub = self.hub
         if cmd == "setBreakpoints":
-            path = (args.get("source") or {}).get("path") or ""
-            hub.breakpoints[path] = args
-            hub.broadcast("setBreakpoints", args)
+            hub.set_breakpoints(args)
             self.respond(req, {"breakpoints": [{"verified": True, "line": b.get("line")}
                                                for b in args.get("breakpoints") or []]})
         elif cmd == "setExceptionBreakpoints":
-            hub.exception_filters = args
-            hub.broadcast(cmd, args)
+            hub.set_exception_filters(args)
             self.respond(req, {})
         elif cmd == "setFunctionBreakpoints":
             hub.broadcast(cmd, args)
@@ -233,7 +229,7 @@ class IdeSession:
                 self.configured = True
                 self.event("process", {"name": link.label, "systemProcessId": link.pid,
                                        "isLocalProcess": False, "startMethod": "attach"})
-                if link.state in ("stopped",) and link.stopped_event is not None:
+                if link.state is RankState.STOPPED and link.stopped_event is not None:
                     self.send(link.stopped_event)
             return
         if cmd in ("disconnect", "terminate"):
@@ -245,7 +241,7 @@ class IdeSession:
         if up is None:
             self.respond(req, error=f"{link.label} has no live debug session ({link.state})")
             return
-        if cmd == "continue" and link.state != "stopped":
+        if cmd == "continue" and not forwards_continue(link.machine):
             # pydevd answers a continue only once a thread resumes: sent to a rank that
             # never stopped it would stall that rank's adapter. Continue the job instead.
             self.respond(req, {"allThreadsContinued": True})
@@ -256,7 +252,7 @@ class IdeSession:
             self.respond(req, cached.get("body") or {})
             return
         if cmd == "pause":
-            link.unpaused_at = 0.0  # the stop it brings is this pause, not a cancelled one
+            self.hub.child_pause(link)  # the stop it brings is this pause, not a late one
         sink = self._threads_sink if cmd == "threads" else self.send
         try:
             up.forward(req, sink)

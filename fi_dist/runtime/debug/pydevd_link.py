@@ -22,6 +22,7 @@ between sessions pydevd's events are read and dropped.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import logging
 import os
@@ -75,10 +76,10 @@ class PydevdLink:
             PydevdLinkError: pydevd did not connect, or this debugpy lacks what it needs.
         """
         import debugpy
-        from debugpy.server import api  # sets up debugpy's vendored pydevd
+        from debugpy.server import api
 
-        import pydevd
-
+        # Importable only once debugpy.server has put its vendored copy on the path.
+        pydevd = importlib.import_module("pydevd")
         api.ensure_logging()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))

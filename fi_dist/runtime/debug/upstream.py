@@ -5,16 +5,10 @@ views onto that session: their requests are forwarded with fresh sequence number
 (so hub-originated requests such as the break-all ``pause`` never collide with the
 IDE's), and responses are mapped back to the IDE's ``seq``.
 
-Rank states (``RankLink.state``)::
-
-    running --stopped event--> stopped --continue--> running
-    running --hub pause-----> pausing --stopped--> stopped
-      (a rank whose session is still being configured gets the pause the moment it is)
-    pausing --no stop in 0.3 s--> blocked (native code / collective; pause stays pending,
-      re-sent through the adapter with backoff until the rank stops or is continued)
-    held flag (hold/release events, or its own stop): on its way to or waiting in
-    fi_dist.breakpoint(); the hub never pauses it
-    any --control link closed--> exited
+A rank's break-all state (``RankLink.machine``: running, pausing, blocked, stopped,
+exited, plus the held / pause-owed flags) is the state machine of
+:mod:`fi_dist.runtime.debug.breakall`; its :class:`~fi_dist.runtime.debug.breakall.RankState`
+docstring draws the diagram. Only the hub steps it.
 """
 
 from __future__ import annotations
@@ -27,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fi_dist.runtime.debug.breakall import Rank, RankState
 from fi_dist.runtime.debug.protocol import ProtocolError, encode, line, read_message
 
 log = logging.getLogger("fi_dist.debug.hub")
@@ -192,28 +187,29 @@ class Upstream:
 
 @dataclass
 class RankLink:
-    """One rank as the hub knows it: control connection, state, session, IDE view."""
+    """One rank as the hub knows it: control connection, state, session, IDE view.
+
+    The hub owns it: IDE sessions read it and change it through the hub's methods.
+    """
 
     rank: int
     node: int
     pid: int
     writer: asyncio.StreamWriter
-    state: str = "running"
+    machine: Rank = field(default_factory=Rank)
+    """Its break-all state; only ``Hub._feed`` replaces it (``breakall.step``)."""
     stopped_event: dict[str, Any] | None = None
-    where: str = ""
+    """The adapter's last ``stopped`` event (a child view configured later gets it)."""
     upstream: Upstream | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     child: Any = None
-    pause_sent: float = 0.0
-    pause_pending: bool = False
-    """A break-all pause owed to a rank whose session was not configured yet."""
     activity_sent: float = float("-inf")
     """When the hub last told the rank of debugger activity (monotonic)."""
-    unpaused_at: float = 0.0
-    """When a pause it never stopped for was cancelled in-process (0: none pending)."""
-    blocked: str | None = None
-    held: bool = False
     stack_waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def state(self) -> RankState:
+        return self.machine.state
 
     @property
     def label(self) -> str:
