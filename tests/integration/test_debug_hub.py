@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from debug_client import DebugJob, checksum, cli, marker_line, write_job  # noqa: E402
 
+from fi_dist.runtime.debug import handshake  # noqa: E402
 from fi_dist.runtime.debug.client import DapError, DapSession, JobClient  # noqa: E402
-from fi_dist.runtime.debug.protocol import encode  # noqa: E402
+from fi_dist.runtime.debug.protocol import SyncChannel, encode  # noqa: E402
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -78,13 +79,27 @@ def _fuzz_ide_port(config: dict) -> None:
 def _fuzz_rank_port(job: DebugJob) -> None:
     debug = json.loads((job.run_dir() / "debug.json").read_text())
     addr = ("127.0.0.2", debug["rank_port"])
-    for blob in (b'{"kind": "control", "token": "wrong", "rank": 0}\n', b"\x00\xff" * 100 + b"\n",
-                 b'{"kind": "data", "token": "' + job.config["fiDistToken"].encode()
-                 + b'", "rank": 0, "sid": 424242}\n'):
+    token = job.config["fiDistToken"]
+    for hello_token, fields in (("wrong", {"kind": "control", "rank": 0}),
+                                (None, None),
+                                (token, {"kind": "data", "rank": 0, "sid": 424242})):
         with socket.create_connection(addr, timeout=10) as s:
-            s.sendall(blob)
-            s.settimeout(10)
-            assert s.recv(65536) in (b"", b'{"ok":false,"error":"wrong token"}\n')
+            chan = SyncChannel(s)
+            ask = chan.read_line()
+            assert ask is not None and "challenge" in ask
+            if fields is None:
+                s.sendall(b"\x00\xff" * 100 + b"\n")
+                s.settimeout(10)
+                assert s.recv(65536) == b""
+                continue
+            hello = handshake.rank_hello(hello_token or "", ask["challenge"], **fields)
+            chan.send_line(hello)
+            reply = chan.read_line()
+            if hello_token == token:  # proven, but no session asked for this stream: closed
+                assert handshake.check_hub(token, ask["challenge"], hello, reply)
+                assert chan.read_line() is None
+            else:
+                assert reply == {"ok": False, "error": "no proof of the job token"}
 
 
 def _ends_like_baseline(job: DebugJob, baseline: str) -> None:

@@ -1,16 +1,16 @@
-"""The rank side of the debug hub: debugpy on loopback plus a small agent that dials out.
+"""The rank side of the debug hub: pydevd in the rank plus a small agent that dials out.
 
 Each rank (``rank_main`` with ``FI_DIST_DEBUG=1``) calls :func:`start`:
 
-1. ``debugpy.listen(("127.0.0.1", 0))``: one adapter per rank, loopback only (the
-   adapter refuses a second process with a PID it already knows, and PIDs repeat
-   across pods, so ranks never share one);
-2. an agent thread connects OUT to the hub's rank port (``MASTER_ADDR``:
-   ``FI_DIST_DEBUG_RANK_PORT``), presents the job token and announces rank/node/pid;
-3. on the hub's ``open`` command the agent opens a second connection to the hub and
-   splices it byte for byte to the local adapter (the hub then speaks DAP through it);
-   on ``stack`` it reports the main thread's Python stack (how the hub shows a rank
-   blocked in a collective); on ``state`` it writes the rank's state to the run dir.
+1. pydevd (debugpy's debugger) starts connected to the agent and to nothing else
+   (:mod:`~fi_dist.runtime.debug.pydevd_link`): no port of the rank accepts a session;
+2. an agent thread connects OUT to the hub's rank port (``MASTER_ADDR``: the contract's
+   hub rank port); hub and rank prove the job token to each other without sending it
+   (:mod:`~fi_dist.runtime.debug.handshake`) and the rank announces rank/node/pid;
+3. on the hub's ``open`` command the agent opens a second (also proven) connection to
+   the hub and serves it with this rank's pydevd: the hub speaks DAP through it; on
+   ``stack`` it reports the main thread's Python stack (how the hub shows a rank blocked
+   in a collective); on ``state`` it writes the rank's state to the run dir.
 
 The agent's threads are marked as pydevd's own, so "pause all threads" and
 "suspend all on breakpoint" never stop the relay the debugger itself runs through.
@@ -18,7 +18,6 @@ The agent's threads are marked as pydevd's own, so "pause all threads" and
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -30,22 +29,17 @@ from typing import Any
 
 from fi_dist.contract import DebugSettings
 from fi_dist.runtime import heartbeat
-from fi_dist.runtime.debug.protocol import ProtocolError, SyncChannel, line
+from fi_dist.runtime.debug import handshake
+from fi_dist.runtime.debug.protocol import ProtocolError, SyncChannel
+from fi_dist.runtime.debug.pydevd_link import PydevdLink, debugger_thread
 from fi_dist.runtime.environment import RankEnvironment
 
 log = logging.getLogger("fi_dist.debug.agent")
 
 COLLECTIVE_HINTS = ("torch/distributed/", "torch\\distributed\\")
+REDIAL_LIMIT = 120.0
+"""Seconds without reaching the job's hub after which the agent stops trying."""
 """A main-thread frame in these files while the rank ignores a pause: a collective."""
-
-
-def _debugger_thread(target: Any, *args: Any, name: str) -> threading.Thread:
-    t = threading.Thread(target=target, args=args, name=name, daemon=True)
-    # pydevd skips threads carrying these flags when it suspends or traces.
-    t.pydev_do_not_trace = True  # type: ignore[attr-defined]
-    t.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
-    t.start()
-    return t
 
 
 def main_stack(limit: int = 40) -> list[dict[str, Any]]:
@@ -75,56 +69,84 @@ class RankAgent:
     """One rank's connection to the hub; relays DAP streams to the local adapter."""
 
     def __init__(self, env: RankEnvironment, hub: tuple[str, int], token: str,
-                 adapter: tuple[str, int]) -> None:
+                 link: PydevdLink) -> None:
         self.env = env
         self.hub = hub
         self.token = token
-        self.adapter = adapter
+        self.link = link
         self.connected = threading.Event()
+        self.gave_up = threading.Event()
         self._send_lock = threading.Lock()
         self._chan: SyncChannel | None = None
         self._stop = False
         self._on_resume: list[Any] = []
 
     # --- control connection -------------------------------------------------------
-    def _hello(self, kind: str, **extra: Any) -> dict[str, Any]:
-        return {"kind": kind, "token": self.token, "rank": self.env.rank,
-                "node": self.env.node_rank, "pid": os.getpid(),
-                "world_size": self.env.world_size, **extra}
+    def _dial(self, kind: str, **extra: Any) -> tuple[socket.socket, SyncChannel]:
+        """A connection to the hub on which both sides proved the job token (handshake.py).
 
-    def _dial(self) -> socket.socket:
+        Raises:
+            OSError: the hub cannot be reached.
+            ProtocolError: the other side is not the job's hub, or refused this rank.
+        """
         sock = socket.create_connection(self.hub, timeout=10)
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            chan = SyncChannel(sock)
+            ask = chan.read_line()
+            if not isinstance(ask, dict) or not isinstance(ask.get("challenge"), str):
+                raise ProtocolError(f"{self.hub[0]}:{self.hub[1]} sent no challenge: not a hub")
+            hello = handshake.rank_hello(self.token, ask["challenge"], kind=kind,
+                                         rank=self.env.rank, node=self.env.node_rank,
+                                         pid=os.getpid(), world_size=self.env.world_size,
+                                         **extra)
+            chan.send_line(hello)
+            reply = chan.read_line()
+            if not handshake.check_hub(self.token, ask["challenge"], hello, reply):
+                raise ProtocolError(f"{self.hub[0]}:{self.hub[1]} did not prove the job token "
+                                    f"({(reply or {}).get('error', 'no proof')}): not this "
+                                    "job's hub")
+            sock.settimeout(None)
+            return sock, chan
+        except BaseException:
+            sock.close()
+            raise
 
     def run(self) -> None:
-        """Connect (retrying while the hub starts) and serve commands until stopped."""
+        """Connect (retrying while the hub starts) and serve commands until stopped.
+
+        Gives up, with one line saying so, once the hub has been unreachable (or not
+        the job's hub) for :data:`REDIAL_LIMIT` seconds.
+        """
         delay = 0.05
+        since = time.monotonic()
+        last_error = ""
         while not self._stop:
             try:
-                sock = self._dial()
-            except OSError:
+                sock, chan = self._dial("control")
+            except (OSError, ProtocolError) as exc:
+                last_error = str(exc)
+                if time.monotonic() - since > REDIAL_LIMIT:
+                    log.warning("%s: gave up reaching the debug hub at %s:%s after %gs: %s",
+                                self.env.label(), *self.hub, REDIAL_LIMIT, last_error)
+                    self.gave_up.set()
+                    return
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
             delay = 0.05
             try:
-                self._serve(sock)
+                self._serve(chan)
             except (OSError, ProtocolError) as exc:
                 log.warning("%s: hub connection lost: %s", self.env.label(), exc)
             finally:
                 self.connected.clear()
                 self._chan = None
                 sock.close()
+                since = time.monotonic()
             time.sleep(0.2)
 
-    def _serve(self, sock: socket.socket) -> None:
-        chan = SyncChannel(sock)
-        chan.send_line(self._hello("control", adapter_port=self.adapter[1]))
-        reply = chan.read_line()
-        if not reply or not reply.get("ok"):
-            raise ProtocolError(f"hub refused this rank: {reply}")
+    def _serve(self, chan: SyncChannel) -> None:
         self._chan = chan
         self.connected.set()
         while (cmd := chan.read_line()) is not None:
@@ -139,7 +161,7 @@ class RankAgent:
     def _command(self, cmd: dict[str, Any]) -> None:
         name = cmd.get("cmd")
         if name == "open":
-            _debugger_thread(self._relay, cmd.get("sid"), name="fi-dist-relay")
+            debugger_thread(self._relay, cmd.get("sid"), name="fi-dist-relay")
         elif name == "stack":
             frames = main_stack()
             self.send({"event": "stack", "frames": frames, "summary": describe_stack(frames)})
@@ -182,17 +204,14 @@ class RankAgent:
 
     # --- data relays ------------------------------------------------------------------
     def _relay(self, sid: Any) -> None:
+        """One debug session of the hub's: a data connection served by this rank's pydevd."""
         try:
-            up = self._dial()
-            up.sendall(line(self._hello("data", sid=sid)))
-            down = socket.create_connection(self.adapter, timeout=10)
-            down.settimeout(None)
-            down.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            log.warning("%s: cannot open debug relay %s: %s", self.env.label(), sid, exc)
+            up, chan = self._dial("data", sid=sid)
+        except (OSError, ProtocolError) as exc:
+            log.warning("%s: cannot open debug session %s: %s", self.env.label(), sid, exc)
             return
-        _debugger_thread(_pump, down, up, name="fi-dist-relay-up")
-        _pump(up, down)
+        # The hub may send its first request right behind its proof: hand it on.
+        self.link.serve(up, pending=chan.take_buffer())
 
 
 _tracing = threading.Event()
@@ -223,8 +242,8 @@ def ensure_tracing() -> None:
             return
         me = threading.get_ident()
         others = [t.ident for t in threading.enumerate()
-                  if t.ident not in (None, me) and not _is_debugger_thread(t)]
-        if not _is_debugger_thread(threading.current_thread()):
+                  if t.ident not in (None, me) and not _isdebugger_thread(t)]
+        if not _isdebugger_thread(threading.current_thread()):
             py_db.enable_tracing()
         if others:
             # pydevd's own "attach to a running process" path: set each thread state's
@@ -240,7 +259,7 @@ def ensure_tracing() -> None:
         log.debug("pydevd tracing on (lazy mode)")
 
 
-def _is_debugger_thread(t: threading.Thread) -> bool:
+def _isdebugger_thread(t: threading.Thread) -> bool:
     return bool(getattr(t, "is_pydev_daemon_thread", False)
                 or getattr(t, "pydev_do_not_trace", False))
 
@@ -327,19 +346,6 @@ def _unpause_all_threads() -> None:
         PyDevdAPI().request_resume_thread("*")
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while chunk := src.recv(65536):
-            dst.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-
 _agent: RankAgent | None = None
 
 
@@ -365,12 +371,13 @@ def start(env: RankEnvironment, debug: DebugSettings, hub_host: str | None = Non
     # Ranks are separate torchrun workers; following their subprocesses (dataloader
     # workers) would need one adapter session each and is not what users attach for.
     debugpy.configure(subProcess=False)
-    adapter = debugpy.listen(("127.0.0.1", 0))
+    link = PydevdLink()
+    link.start()  # pydevd, reachable by this agent only (pydevd_link.py)
     if debug.trace == "eager" or not _start_lazy():
         _tracing.set()
     hub = (hub_host or env.master_addr, debug.hub_rank_port)
-    _agent = RankAgent(env, hub, debug.token, (adapter[0], int(adapter[1])))
-    _debugger_thread(_agent.run, name="fi-dist-debug-agent")
+    _agent = RankAgent(env, hub, debug.token, link)
+    debugger_thread(_agent.run, name="fi-dist-debug-agent")
     return _agent
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
 import itertools
 import logging
 import os
@@ -36,7 +35,7 @@ from fi_dist import env_vars as ev
 from fi_dist import launchjson as vscode
 from fi_dist.contract import HUB_READY, DebugSettings
 from fi_dist.errors import FiDistError
-from fi_dist.runtime.debug import breakall, launchjson
+from fi_dist.runtime.debug import breakall, handshake, launchjson
 from fi_dist.runtime.debug.breakall import (
     HALTED,
     After,
@@ -63,7 +62,8 @@ from fi_dist.runtime.debug.breakall import (
     ShowBlocked,
     Stopped,
 )
-from fi_dist.runtime.debug.ide import HUB_KEYS, IdeSession
+from fi_dist.runtime.debug.guard import AUTH_DEADLINE, Pending, Refusals, raise_fd_limit
+from fi_dist.runtime.debug.ide import RANK_ATTACH_KEYS, IdeSession
 from fi_dist.runtime.debug.protocol import MAX_LINE, ProtocolError, line, read_line
 from fi_dist.runtime.debug.upstream import RankLink, Upstream
 
@@ -93,9 +93,13 @@ class Hub:
         self._data: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._servers: list[asyncio.base_events.Server] = []
         self._detaching: list[asyncio.Task[None]] = []
+        self.refusals = Refusals(log)
+        self._pending = {"IDE port": Pending(), "rank port": Pending()}
 
     # --- listeners ----------------------------------------------------------------------
     async def start(self) -> None:
+        raise_fd_limit()
+        asyncio.get_running_loop().set_exception_handler(self._loop_error)
         ide = await asyncio.start_server(self._on_ide, self.ide_host, self.ide_port)
         ranks = await asyncio.start_server(self._on_rank, self.rank_host, self.rank_port,
                                            limit=MAX_LINE)
@@ -110,38 +114,85 @@ class Hub:
     def attach_config(self) -> dict[str, Any]:
         return vscode.attach_config(self.ide_host, self.ide_port, self.token)
 
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # An accept() that fails (EMFILE under a flood) is reported by asyncio on every
+        # try: fold those into one line a second instead of a log flood.
+        exc = context.get("exception")
+        if isinstance(exc, OSError):
+            self.refusals.note("listener", f"{context.get('message')}: {exc}")
+            return
+        loop.default_exception_handler(context)
+
+    def _admit(self, port: str, writer: asyncio.StreamWriter) -> bool:
+        """A slot among the port's unauthenticated connections, or the connection closes."""
+        if self._pending[port].admit():
+            return True
+        self.refusals.note(port, f"closed {writer.get_extra_info('peername')}: "
+                           f"{self._pending[port].limit} connections have not authenticated")
+        writer.close()
+        return False
+
+    def authenticated(self, port: str) -> None:
+        """A connection on ``port`` proved the token: its pending slot is free."""
+        self._pending[port].release()
+
+    def refused(self, port: str, detail: str) -> None:
+        self.refusals.note(port, detail)
+
     async def _on_ide(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await IdeSession(self, reader, writer).serve()
+        if not self._admit("IDE port", writer):
+            return
+        session = IdeSession(self, reader, writer)
+        try:
+            await session.serve()
+        finally:
+            if session.role is None:
+                self.authenticated("IDE port")  # never did: the slot is free again
 
     async def _on_rank(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+        if not self._admit("rank port", writer):
+            return
         try:
-            hello = await asyncio.wait_for(read_line(reader), 10)
-        except (TimeoutError, ProtocolError, ConnectionError) as exc:
-            log.warning("rank port: closing %s: bad hello: %s", peer, exc)
+            hello = await self._rank_handshake(reader, writer)
+        finally:
+            self.authenticated("rank port")
+        if hello is None:
             writer.close()
             return
-        token = hello.get("token") if hello else None
-        if not isinstance(token, str) or not hmac.compare_digest(token.encode(),
-                                                                 self.token.encode()):
-            log.warning("rank port: refused %s: missing or wrong job token", peer)
-            writer.write(line({"ok": False, "error": "wrong token"}))
-            writer.close()
-            return
-        rank = hello.get("rank")
-        if not isinstance(rank, int):
-            writer.close()
-            return
+        rank = hello["rank"]
         if hello.get("kind") == "data":
             entry = self._data.pop(hello.get("sid"), None)  # type: ignore[arg-type]
             if entry is None or entry[0] != rank:
-                log.warning("rank port: unexpected data stream from %s (rank %s)", peer, rank)
+                self.refused("rank port", f"unexpected data stream (rank {rank})")
                 writer.close()
                 return
             if not entry[1].done():
                 entry[1].set_result((reader, writer))
             return
         await self._serve_rank(hello, rank, reader, writer)
+
+    async def _rank_handshake(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> dict[str, Any] | None:
+        """The rank's proof of the token and the hub's proof back (handshake.py)."""
+        peer = writer.get_extra_info("peername")
+        ask = handshake.challenge()
+        try:
+            writer.write(line(ask))
+            hello = await asyncio.wait_for(read_line(reader), AUTH_DEADLINE)
+        except (TimeoutError, ProtocolError, ConnectionError) as exc:
+            self.refused("rank port", f"closed {peer}: no valid hello: {exc or 'timeout'}")
+            return None
+        if not handshake.check_rank(self.token, ask["challenge"], hello):
+            self.refused("rank port", f"refused {peer}: no proof of the job token")
+            with contextlib.suppress(ConnectionError):
+                writer.write(line({"ok": False, "error": "no proof of the job token"}))
+            return None
+        assert hello is not None
+        if not isinstance(hello.get("rank"), int):
+            self.refused("rank port", f"refused {peer}: hello without a rank")
+            return None
+        writer.write(line(handshake.hub_proof(self.token, ask["challenge"], hello)))
+        return hello
 
     async def _serve_rank(self, hello: dict[str, Any], rank: int,
                           reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -151,7 +202,6 @@ class Hub:
         if old is not None and old.upstream is not None:
             asyncio.create_task(old.upstream.close(disconnect=False))
         self.ranks[rank] = link
-        writer.write(line({"ok": True}))
         log.info("%s connected (pid %s)", link.label, link.pid)
         self._prewarm(link)
         if self.root is not None and self.root.configured:
@@ -187,7 +237,7 @@ class Hub:
     def _attach_args(self, args: dict[str, Any] | None) -> dict[str, Any]:
         src = args if args is not None else (
             (self.root.attach_req or {}).get("arguments", {}) if self.root else {})
-        out = {k: v for k, v in src.items() if k not in HUB_KEYS}
+        out = {k: v for k, v in src.items() if k in RANK_ATTACH_KEYS}
         out.setdefault("justMyCode", False)
         out["subProcess"] = False
         return out
@@ -266,6 +316,7 @@ class Hub:
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.warning("%s: cannot open its debug session: %s", link.label, exc)
             return
+
         if self.root is not None and self.root.configured and link.state is not RankState.EXITED:
             self.root.announce(link)
 
@@ -346,7 +397,9 @@ class Hub:
     # --- break all / continue all: events in, actions out ------------------------------
     def _rank_event(self, link: RankLink, msg: dict[str, Any]) -> None:
         name = msg["event"]
-        if name == "fi-dist/closed":
+        if name in ("fi-dist/closed", "process", "initialized"):
+            # The hub speaks to the IDE for the rank: it announces the process and says
+            # when a child session is initialized itself.
             return
         if name == "stopped":
             reason = (msg.get("body") or {}).get("reason")

@@ -23,6 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fi_dist.runtime.debug.breakall import RankState, forwards_continue
+from fi_dist.runtime.debug.guard import AUTH_DEADLINE, PREAUTH_MESSAGE
 from fi_dist.runtime.debug.protocol import ProtocolError, encode, read_message
 
 if TYPE_CHECKING:
@@ -51,9 +52,13 @@ CAPABILITIES: dict[str, Any] = {
 """What debugpy's adapter answers to ``initialize`` (the IDE sees the same adapter)."""
 
 CONFIG_COMMANDS = ("setBreakpoints", "setExceptionBreakpoints", "setFunctionBreakpoints")
-HUB_KEYS = ("fiDistToken", "fiDistRank", "connect", "host", "port", "name", "type", "request",
-            "__sessionId", "__configurationTarget", "preLaunchTask", "postDebugTask")
-"""Attach arguments that address the hub, not the rank's adapter."""
+RANK_ATTACH_KEYS = frozenset({
+    "justMyCode", "debugStdLib", "redirectOutput", "showReturnValue", "breakOnSystemExitZero",
+    "django", "flask", "jinja", "rules", "pathMappings", "variablePresentation",
+    "stopAllThreadsOnSuspend", "steppingResumesAllThreads", "resolveSymlinks", "clientOS",
+})
+"""Attach arguments passed on to a rank's debugger: how to debug, never where or what to
+run (``listen``, ``connect``, ``processId``, raw ``debugOptions``/``options`` stay here)."""
 
 
 class IdeSession:
@@ -98,14 +103,30 @@ class IdeSession:
         self.writer.close()
 
     # --- input ----------------------------------------------------------------------
+    async def _next(self, deadline: float) -> dict[str, Any] | None:
+        """The next message; until the client has attached, small and within the deadline."""
+        if self.role is not None:
+            return await read_message(self.reader)
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise TimeoutError
+        return await asyncio.wait_for(read_message(self.reader, PREAUTH_MESSAGE), left)
+
     async def serve(self) -> None:
+        deadline = asyncio.get_running_loop().time() + AUTH_DEADLINE
         try:
-            while (msg := await read_message(self.reader)) is not None:
+            while (msg := await self._next(deadline)) is not None:
                 if msg["type"] == "request":
                     await self._request(msg)
                 # Responses to our reverse requests and client events need nothing.
         except ProtocolError as exc:
-            log.warning("IDE connection %s: closing, bad message: %s", self.peer, exc)
+            if self.role is None:
+                self.hub.refused("IDE port", f"closed {self.peer}: bad message: {exc}")
+            else:
+                log.warning("IDE connection %s: closing, bad message: %s", self.peer, exc)
+        except TimeoutError:
+            self.hub.refused("IDE port", f"closed {self.peer}: no attach within "
+                             f"{AUTH_DEADLINE:g}s")
         except (ConnectionError, OSError) as exc:
             log.info("IDE connection %s lost: %s", self.peer, exc)
         finally:
@@ -134,8 +155,8 @@ class IdeSession:
         token = args.get("fiDistToken")
         if req["command"] != "attach" or not isinstance(token, str) or not hmac.compare_digest(
                 token.encode(), self.hub.token.encode()):
-            log.warning("IDE connection %s: attach refused (missing or wrong fiDistToken)",
-                        self.peer)
+            self.hub.refused("IDE port", f"attach refused from {self.peer}: missing or wrong "
+                             "fiDistToken")
             self.respond(req, error="fi-dist hub: attach refused: the arguments lack this job's "
                          "fiDistToken (use the 'fi-dist: attach all ranks' configuration from "
                          ".vscode/launch.json or `fi-dist attach --print`)")
@@ -161,6 +182,7 @@ class IdeSession:
             self.hub.attach_child(link, self)
             self.role, self.link = "child", link
         self.attach_req = req
+        self.hub.authenticated("IDE port")
         self.event("initialized")
 
     # --- root -------------------------------------------------------------------------

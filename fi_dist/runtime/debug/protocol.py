@@ -93,8 +93,12 @@ async def _read_until(reader: asyncio.StreamReader, sep: bytes, what: str,
         raise ProtocolError(too_long) from None
 
 
-async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+async def read_message(reader: asyncio.StreamReader, max_body: int = MAX_MESSAGE
+                       ) -> dict[str, Any] | None:
     """Next DAP message, or None at a clean end of stream.
+
+    Args:
+        max_body: the largest body accepted (smaller before a client has authenticated).
 
     Raises:
         ProtocolError: malformed header, over-size or truncated body, bad JSON.
@@ -105,6 +109,8 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     if len(header) > MAX_HEADER:
         raise ProtocolError("header block too long")
     length = parse_header(header[:-4])
+    if length > max_body:
+        raise ProtocolError(f"Content-Length {length} exceeds the {max_body}-byte limit")
     try:
         body = await reader.readexactly(length)
     except asyncio.IncompleteReadError:

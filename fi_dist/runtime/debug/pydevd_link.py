@@ -46,7 +46,7 @@ class PydevdLinkError(RuntimeError):
     """pydevd could not be started or reached through the agent."""
 
 
-def _debugger_thread(target: Any, *args: Any, name: str) -> threading.Thread:
+def debugger_thread(target: Any, *args: Any, name: str) -> threading.Thread:
     t = threading.Thread(target=target, args=args, name=name, daemon=True)
     # pydevd skips threads carrying these flags when it suspends or traces.
     t.pydev_do_not_trace = True  # type: ignore[attr-defined]
@@ -85,7 +85,7 @@ class PydevdLink:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         accepted: list[socket.socket] = []
-        _debugger_thread(self._accept, listener, accepted, name="fi-dist-pydevd-accept")
+        debugger_thread(self._accept, listener, accepted, name="fi-dist-pydevd-accept")
         try:
             # What debugpy.listen()/connect() pass, minus the adapter; the access token
             # makes pydevd refuse every request until it is presented.
@@ -104,7 +104,7 @@ class PydevdLink:
             listener.close()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
-        _debugger_thread(self._read, name="fi-dist-pydevd-reader")
+        debugger_thread(self._read, name="fi-dist-pydevd-reader")
 
     @staticmethod
     def _accept(listener: socket.socket, accepted: list[socket.socket]) -> None:
@@ -180,8 +180,10 @@ class PydevdLink:
             raise PydevdLinkError(f"pydevd refused the agent: {resp.get('message')}")
 
     # --- sessions -----------------------------------------------------------------------
-    def serve(self, up: socket.socket) -> None:
+    def serve(self, up: socket.socket, pending: bytes = b"") -> None:
         """Serve one hub session over ``up`` (an authenticated hub connection) until it closes.
+
+        ``pending``: bytes of the session already read off ``up`` (behind the handshake).
 
         Sessions are served one at a time; each ends with pydevd resuming every thread and
         forgetting the session's breakpoints, whatever the hub sent.
@@ -195,6 +197,9 @@ class PydevdLink:
                 return
             self._session = up
             try:
+                if pending:
+                    with self._send_lock:
+                        self._sock.sendall(pending)  # type: ignore[union-attr]
                 self._pump(up)
             finally:
                 self._session = None
