@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # bench scripts use the tests' helpers (tests.support)
 
-from debug_client import StandaloneHub, marker_line  # noqa: E402
-
-from fi_dist.runtime.debug.client import JobClient  # noqa: E402
+from tests.support.dap_client import JobClient  # noqa: E402
+from tests.support.debug_job import StandaloneHub, marker_line  # noqa: E402
 
 P1_SCRIPT = '''\
 import os, statistics, time

@@ -1,34 +1,17 @@
-"""Shared fixtures: run the real CLI in a scratch directory, find ../shared/crds."""
+"""Shared fixtures: run the real CLI in a scratch directory, find ../shared/crds, and start
+and tear down debug jobs. Helpers are imported as the package ``tests.support``."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
-
-
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-def fi_dist_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fi_dist.cli", *args]
+from tests.support.cli import REPO, CliResult, fi_dist_cmd
+from tests.support.debug_job import DebugJob, StandaloneHub
 
 
 @pytest.fixture(autouse=True)
@@ -69,3 +52,37 @@ def crds_dir() -> Path:
         pytest.fail(f"CRD schemas not found at {path}: tests validate manifests against "
                     "../shared/crds beside the checkout")
     return path
+
+
+@pytest.fixture
+def debug_job(tmp_path: Path) -> Iterator[Callable[..., DebugJob]]:
+    """Start ``fi-dist run --debug`` jobs in ``tmp_path``; every one is stopped afterwards.
+
+    ``debug_job(nnodes, nproc, env, extra=())`` returns the running :class:`DebugJob`.
+    """
+    jobs: list[DebugJob] = []
+
+    def start(nnodes: int, nproc: int, env: dict[str, str],
+              extra: tuple[str, ...] = ()) -> DebugJob:
+        job = DebugJob(tmp_path, nnodes, nproc, env, extra=extra)
+        jobs.append(job)
+        return job
+
+    yield start
+    for job in jobs:
+        job.stop()
+
+
+@pytest.fixture
+def standalone_hub(tmp_path: Path) -> Iterator[Callable[..., StandaloneHub]]:
+    """Start hub processes with light ranks (``standalone_hub(**kwargs)``); all stopped after."""
+    hubs: list[StandaloneHub] = []
+
+    def start(**kwargs: object) -> StandaloneHub:
+        hub = StandaloneHub(tmp_path, **kwargs)  # type: ignore[arg-type]
+        hubs.append(hub)
+        return hub
+
+    yield start
+    for hub in hubs:
+        hub.stop()

@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import random
 import socket
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from debug_client import StandaloneHub, marker_line  # noqa: E402
-
-from fi_dist.runtime.debug.client import DapSession, JobClient  # noqa: E402
-from fi_dist.runtime.debug.protocol import encode  # noqa: E402
+from fi_dist.runtime.debug.protocol import encode
+from tests.support.dap_client import DapSession, JobClient
+from tests.support.debug_job import StandaloneHub, marker_line
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def hub(tmp_path: Path):
-    h = StandaloneHub(tmp_path)
-    yield h
-    h.stop()
+def hub(standalone_hub) -> StandaloneHub:
+    return standalone_hub()
 
 
 def _blast(port: int, blob: bytes, wait: float = 2.0) -> bytes:

@@ -11,19 +11,15 @@ import contextlib
 import json
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from debug_client import DebugJob, checksum, cli, marker_line, write_job  # noqa: E402
-
-from fi_dist.runtime.debug import handshake  # noqa: E402
-from fi_dist.runtime.debug.client import DapError, DapSession, JobClient  # noqa: E402
-from fi_dist.runtime.debug.protocol import SyncChannel, encode  # noqa: E402
+from fi_dist.runtime.debug import handshake
+from fi_dist.runtime.debug.protocol import SyncChannel, encode
+from tests.support.dap_client import DapError, DapSession, JobClient
+from tests.support.debug_job import DebugJob, checksum, cli, marker_line, write_job
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -108,8 +104,8 @@ def _ends_like_baseline(job: DebugJob, baseline: str) -> None:
     assert checksum(job.output()) == baseline
 
 
-def test_break_on_all_ranks_2x2(tmp_path: Path, baseline: str) -> None:
-    job = DebugJob(tmp_path, 2, 2, {"JOB_MODE": "break", "JOB_HOLD": "25"},
+def test_break_on_all_ranks_2x2(tmp_path: Path, debug_job, baseline: str) -> None:
+    job = debug_job(2, 2, {"JOB_MODE": "break", "JOB_HOLD": "25"},
                    extra=("--wait-for-client",))
     client = None
     try:
@@ -167,12 +163,11 @@ def test_break_on_all_ranks_2x2(tmp_path: Path, baseline: str) -> None:
     finally:
         if client is not None:
             client.close()
-        job.stop()
 
 
-def test_rank_breakpoint_survives_short_timeouts(tmp_path: Path, baseline: str) -> None:
+def test_rank_breakpoint_survives_short_timeouts(tmp_path: Path, debug_job, baseline: str) -> None:
     """fi_dist.breakpoint(rank=1) with a 10 s collective timeout, paused 30 s."""
-    job = DebugJob(tmp_path, 2, 2, {"JOB_MODE": "rank_bp", "JOB_BP_RANK": "1",
+    job = debug_job(2, 2, {"JOB_MODE": "rank_bp", "JOB_BP_RANK": "1",
                                     "JOB_TIMEOUT": "10"}, extra=("--wait-for-client",))
     client = None
     try:
@@ -197,13 +192,12 @@ def test_rank_breakpoint_survives_short_timeouts(tmp_path: Path, baseline: str) 
     finally:
         if client is not None:
             client.close()
-        job.stop()
 
 
-def test_breakpoint_all_ranks_then_post_mortem_without_client(tmp_path: Path) -> None:
+def test_breakpoint_all_ranks_then_post_mortem_without_client(tmp_path: Path, debug_job) -> None:
     """fi_dist.breakpoint() stops every rank at one line; after the client left, rank 1
     raises, waits --post-mortem-wait for a client, and the job fails with the root cause."""
-    job = DebugJob(tmp_path, 2, 1, {"JOB_MODE": "all_bp,raise", "JOB_RAISE_STEP": "3"},
+    job = debug_job(2, 1, {"JOB_MODE": "all_bp,raise", "JOB_RAISE_STEP": "3"},
                    extra=("--wait-for-client", "--post-mortem-wait", "2"))
     client = None
     try:
@@ -224,11 +218,10 @@ def test_breakpoint_all_ranks_then_post_mortem_without_client(tmp_path: Path) ->
     finally:
         if client is not None:
             client.close()
-        job.stop()
 
 
-def test_post_mortem_stops_at_raise_and_shows_blocked_peer(tmp_path: Path) -> None:
-    job = DebugJob(tmp_path, 2, 1, {"JOB_MODE": "raise", "JOB_RAISE_RANK": "1",
+def test_post_mortem_stops_at_raise_and_shows_blocked_peer(tmp_path: Path, debug_job) -> None:
+    job = debug_job(2, 1, {"JOB_MODE": "raise", "JOB_RAISE_RANK": "1",
                                     "JOB_RAISE_DELAY": "3"},
                    extra=("--wait-for-client", "--post-mortem-wait", "60"))
     client = None
@@ -256,7 +249,6 @@ def test_post_mortem_stops_at_raise_and_shows_blocked_peer(tmp_path: Path) -> No
     finally:
         if client is not None:
             client.close()
-        job.stop()
 
 
 def test_attach_print_without_debug_hub(tmp_path: Path) -> None:
@@ -303,13 +295,13 @@ def _check_resumed(job: DebugJob, children: dict[int, DapSession]) -> None:
     assert all(v == "running" for v in job.rank_states().values())
 
 
-def test_untraced_ranks_stop_inside_the_loop_they_already_run(tmp_path: Path,
+def test_untraced_ranks_stop_inside_the_loop_they_already_run(tmp_path: Path, debug_job,
                                                               baseline: str) -> None:
     """Lazy tracing (the default): ranks run without ``sys.settrace`` until the client
     needs it; a pause, then a breakpoint, set while every rank already runs its loop
     (frames entered untraced, the main thread mostly in gloo or spinning) stop the job."""
     release = tmp_path / "release"
-    job = DebugJob(tmp_path, 2, 2, {"JOB_MODE": "loop", "JOB_RELEASE": str(release)})
+    job = debug_job(2, 2, {"JOB_MODE": "loop", "JOB_RELEASE": str(release)})
     client = None
     try:
         out = _wait_output(job, "loop tracing: ", 4)
@@ -361,4 +353,3 @@ def test_untraced_ranks_stop_inside_the_loop_they_already_run(tmp_path: Path,
     finally:
         if client is not None:
             client.close()
-        job.stop()

@@ -10,8 +10,8 @@ from pathlib import Path
 import json5
 import pytest
 
-from conftest import fi_dist_cmd
 from fi_dist.launchjson import ATTACH_CONFIG_NAME
+from tests.support.cli import fi_dist_cmd
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, fi_dist_cmd
 from fi_dist import procs, rundir
+from tests.support.cli import EXAMPLES, fi_dist_cmd
 
 SCRIPTS = Path(__file__).parent / "scripts"
 pytestmark = pytest.mark.timeout(240)

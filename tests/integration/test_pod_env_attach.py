@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -29,9 +28,7 @@ from fi_dist.launchers.pytorchjob import PyTorchJobLauncher
 from fi_dist.launchjson import ATTACH_CONFIG_NAME
 from fi_dist.registry import get_launcher
 from fi_dist.spec import DebugSpec, JobSpec
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fi_dist.runtime.debug.client import JobClient  # noqa: E402
+from tests.support.dap_client import JobClient
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "bearer-for-test"
@@ -169,7 +166,9 @@ def test_attach_through_the_kubernetes_port_forward(tmp_path: Path) -> None:
         wait_listening(spec.debug.port, pods)  # the Master pod's readiness: its hub is up
         # The hub's own port is taken on this shared loopback (in a cluster it is inside
         # the pod), so the forward listens on another one here.
-        fwd, config = launcher.attach(f"default:{name}", local_port=0)
+        attachment = launcher.attach(f"default:{name}", local_port=0)
+        fwd, config = attachment.forward, attachment.config
+        assert fwd is not None
         assert config["name"] == ATTACH_CONFIG_NAME and config["fiDistToken"] == token
         assert config["connect"] == {"host": "127.0.0.1", "port": fwd.local_port}
         assert fwd.local_port != spec.debug.port  # really through the forward

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES, fi_dist_cmd
+from tests.support.cli import EXAMPLES, fi_dist_cmd
 
 pytestmark = pytest.mark.slow
 

@@ -8,16 +8,11 @@ that client, not in Ray's own debugger.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from debug_client import DebugJob  # noqa: E402
-
-from fi_dist.runtime.debug.client import JobClient  # noqa: E402
+from tests.support.dap_client import JobClient
 
 pytestmark = pytest.mark.timeout(500)
 
@@ -38,14 +33,14 @@ dist.destroy_process_group()
 '''
 
 
-def test_breakpoint_in_a_ray_rank_stops_in_the_hub_client(tmp_path: Path,
+def test_breakpoint_in_a_ray_rank_stops_in_the_hub_client(tmp_path: Path, debug_job,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    import debug_client
+    from tests.support import debug_job as debug_client
 
     # DebugJob runs debug_client's job script; this test brings its own.
     monkeypatch.setattr(debug_client, "JOB_SCRIPT", SCRIPT)
-    job = DebugJob(tmp_path, 2, 1, {}, extra=("--launcher", "ray", "--wait-for-client"))
+    job = debug_job(2, 1, {}, extra=("--launcher", "ray", "--wait-for-client"))
     client = None
     try:
         assert job.config["connect"]["host"] == "127.0.0.1"
@@ -69,4 +64,3 @@ def test_breakpoint_in_a_ray_rank_stops_in_the_hub_client(tmp_path: Path,
     finally:
         if client is not None:
             client.close()
-        job.stop()

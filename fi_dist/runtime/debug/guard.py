@@ -5,8 +5,10 @@ shared dev box). Before a connection authenticates, the hub spends at most:
 
 * :data:`PREAUTH_MESSAGE` bytes per message (a DAP body, a control line);
 * :data:`AUTH_DEADLINE` seconds (a half-sent header is not a reason to wait forever);
-* one of :data:`MAX_PENDING` slots; a connection beyond them is closed at once, so file
-  descriptors and memory stay bounded whatever the flood;
+* one of :data:`MAX_PENDING` slots. When all are taken, a newcomer takes the slot of the
+  connection that has made least progress (no complete message yet, oldest first), so
+  file descriptors and memory stay bounded whatever the flood, and a client that speaks
+  at once (an IDE, a rank) still gets in while a flood of idle sockets is going on;
 * a log line per second per kind of refusal, with a count of the others.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Callable
 
 PREAUTH_MESSAGE = 64 * 1024
 """Largest message (DAP body or control line) before the token is proven."""
@@ -47,22 +50,40 @@ class Refusals:
 
 
 class Pending:
-    """Counts one listener's connections that have not authenticated yet."""
+    """One listener's connections that have not authenticated yet (at most ``limit``)."""
 
     def __init__(self, limit: int = MAX_PENDING) -> None:
         self.limit = limit
-        self.count = 0
+        # key -> (close, progressed); insertion order is age.
+        self._conns: dict[object, tuple[Callable[[], None], bool]] = {}
 
-    def admit(self) -> bool:
-        """Take a slot for a new connection; False when all are taken (close it)."""
-        if self.count >= self.limit:
-            return False
-        self.count += 1
-        return True
+    @property
+    def count(self) -> int:
+        return len(self._conns)
 
-    def release(self) -> None:
+    def admit(self, key: object, close: Callable[[], None]) -> bool:
+        """Give ``key`` a slot; when all are taken, close the least useful holder.
+
+        Returns True when someone was evicted to make room.
+        """
+        evicted = False
+        if len(self._conns) >= self.limit:
+            idle = [k for k, (_, progressed) in self._conns.items() if not progressed]
+            victim = idle[0] if idle else next(iter(self._conns))
+            closer, _ = self._conns.pop(victim)
+            closer()
+            evicted = True
+        self._conns[key] = (close, False)
+        return evicted
+
+    def progress(self, key: object) -> None:
+        """``key`` sent a complete message: it is evicted only after idle ones."""
+        if key in self._conns:
+            self._conns[key] = (self._conns[key][0], True)
+
+    def release(self, key: object) -> None:
         """The connection authenticated or closed: its slot is free."""
-        self.count = max(0, self.count - 1)
+        self._conns.pop(key, None)
 
 
 def raise_fd_limit() -> int:

@@ -123,39 +123,36 @@ class Hub:
             return
         loop.default_exception_handler(context)
 
-    def _admit(self, port: str, writer: asyncio.StreamWriter) -> bool:
-        """A slot among the port's unauthenticated connections, or the connection closes."""
-        if self._pending[port].admit():
-            return True
-        self.refusals.note(port, f"closed {writer.get_extra_info('peername')}: "
-                           f"{self._pending[port].limit} connections have not authenticated")
-        writer.close()
-        return False
+    def _admit(self, port: str, writer: asyncio.StreamWriter) -> None:
+        """A slot among the port's unauthenticated connections (guard.Pending)."""
+        if self._pending[port].admit(writer, writer.transport.abort):
+            self.refusals.note(port, f"{self._pending[port].limit} connections have not "
+                               "authenticated: closed the one that made least progress")
 
-    def authenticated(self, port: str) -> None:
-        """A connection on ``port`` proved the token: its pending slot is free."""
-        self._pending[port].release()
+    def progressed(self, port: str, writer: asyncio.StreamWriter) -> None:
+        """A not yet authenticated connection sent a complete message."""
+        self._pending[port].progress(writer)
+
+    def authenticated(self, port: str, writer: asyncio.StreamWriter) -> None:
+        """A connection on ``port`` proved the token (or closed): its pending slot is free."""
+        self._pending[port].release(writer)
 
     def refused(self, port: str, detail: str) -> None:
         self.refusals.note(port, detail)
 
     async def _on_ide(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self._admit("IDE port", writer):
-            return
-        session = IdeSession(self, reader, writer)
+        self._admit("IDE port", writer)
         try:
-            await session.serve()
+            await IdeSession(self, reader, writer).serve()
         finally:
-            if session.role is None:
-                self.authenticated("IDE port")  # never did: the slot is free again
+            self.authenticated("IDE port", writer)  # closed: the slot is free either way
 
     async def _on_rank(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self._admit("rank port", writer):
-            return
+        self._admit("rank port", writer)
         try:
             hello = await self._rank_handshake(reader, writer)
         finally:
-            self.authenticated("rank port")
+            self.authenticated("rank port", writer)
         if hello is None:
             writer.close()
             return

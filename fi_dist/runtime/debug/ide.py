@@ -110,7 +110,9 @@ class IdeSession:
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
             raise TimeoutError
-        return await asyncio.wait_for(read_message(self.reader, PREAUTH_MESSAGE), left)
+        msg = await asyncio.wait_for(read_message(self.reader, PREAUTH_MESSAGE), left)
+        self.hub.progressed("IDE port", self.writer)
+        return msg
 
     async def serve(self) -> None:
         deadline = asyncio.get_running_loop().time() + AUTH_DEADLINE
@@ -182,7 +184,7 @@ class IdeSession:
             self.hub.attach_child(link, self)
             self.role, self.link = "child", link
         self.attach_req = req
-        self.hub.authenticated("IDE port")
+        self.hub.authenticated("IDE port", self.writer)
         self.event("initialized")
 
     # --- root -------------------------------------------------------------------------

@@ -55,6 +55,14 @@ def debugger_thread(target: Any, *args: Any, name: str) -> threading.Thread:
     return t
 
 
+def _close_listener(listener: socket.socket) -> None:
+    # close() alone leaves the socket listening while the accept thread is blocked in
+    # accept(); shutdown() wakes that thread and takes the port down at once.
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+
+
 class PydevdLink:
     """The agent's one connection to this process's pydevd."""
 
@@ -101,7 +109,7 @@ class PydevdLink:
             expected = own.getsockname()
             sock = self._take(accepted, expected, listener)
         finally:
-            listener.close()
+            _close_listener(listener)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         debugger_thread(self._read, name="fi-dist-pydevd-reader")
@@ -130,7 +138,7 @@ class PydevdLink:
                         mine = conn
             if mine is None:
                 time.sleep(0.01)
-        listener.close()
+        _close_listener(listener)
         for conn in accepted:
             if conn is not mine:
                 log.warning("fi-dist debug agent: closed a foreign connection to the "

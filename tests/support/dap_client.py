@@ -1,4 +1,4 @@
-"""A real DAP client that attaches the way VSCode does (tests, benchmarks, scripting).
+"""A real DAP client that attaches the way VSCode does (the tests and the benchmarks).
 
 ``JobClient.attach(config)`` connects to the hub's one port, sends ``initialize`` with
 ``supportsStartDebuggingRequest``, ``attach`` with the launch.json configuration,

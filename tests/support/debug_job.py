@@ -1,7 +1,7 @@
-"""Helpers for the debug hub's tests: a training job to debug and a running ``--debug`` job.
+"""Debug jobs for the tests and benches: a training job to debug, a running ``--debug``
+job, and a standalone hub with light ranks.
 
-The DAP client itself is :mod:`fi_dist.runtime.debug.client` (the benchmarks use it
-too); this module adds the job script and the process handling the tests share.
+The DAP client the tests drive them with is :mod:`tests.support.dap_client`.
 """
 
 from __future__ import annotations
@@ -221,14 +221,17 @@ def light_rank_env(rank: int, world: int, per_node: int, rank_port: int,
 class StandaloneHub:
     """``python -m fi_dist.runtime.debug.hub`` on free loopback ports, plus light ranks."""
 
-    def __init__(self, workdir: Path, token: str = "t" * 32) -> None:
+    def __init__(self, workdir: Path, token: str = "t" * 32,
+                 wrap: list[str] | None = None) -> None:
+        """``wrap``: a command the hub runs under (e.g. ``prlimit --nofile=1024:1024``)."""
         self.workdir = workdir
         self.token = token
         from fi_dist.contract import DebugSettings, hub_command
 
         settings = DebugSettings(token=token, ide_port=0, rank_port=0)
         env = {**os.environ, **settings.to_env(), "FI_DIST_RUN_DIR": str(workdir)}
-        self.proc = subprocess.Popen(hub_command("127.0.0.1"), cwd=workdir, env=env,
+        self.proc = subprocess.Popen([*(wrap or []), *hub_command("127.0.0.1")], cwd=workdir,
+                                     env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         assert self.proc.stdout is not None
@@ -259,10 +262,11 @@ class StandaloneHub:
 
         return attach_config("127.0.0.1", self.ide_port, self.token)
 
-    def start_ranks(self, world: int, per_node: int = 4) -> None:
+    def start_ranks(self, world: int, per_node: int = 4, rank_port: int | None = None) -> None:
+        """``world`` light ranks dialling the hub (or ``rank_port``, e.g. a fake hub's)."""
         per_node = min(per_node, world)
         for r in range(world):
-            env = light_rank_env(r, world, per_node, self.rank_port, self.token)
+            env = light_rank_env(r, world, per_node, rank_port or self.rank_port, self.token)
             self.ranks.append(subprocess.Popen([sys.executable, str(self.script)], env=env,
                                                cwd=self.workdir, stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL))
