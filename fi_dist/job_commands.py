@@ -57,7 +57,7 @@ def resolve(args: argparse.Namespace) -> tuple[Launcher, str]:
 
 
 @contextlib.contextmanager
-def _api_errors() -> Iterator[None]:
+def api_errors() -> Iterator[None]:
     try:
         yield
     except LauncherError:
@@ -86,7 +86,7 @@ def format_status(st: JobStatus) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     launcher, job = resolve(args)
-    with _api_errors():
+    with api_errors():
         st = launcher.status(job)
     if args.json:
         print(json.dumps({"job_id": st.job_id, "state": st.state.value, "message": st.message,
@@ -100,7 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     launcher, job = resolve(args)
-    with _api_errors():
+    with api_errors():
         for line in launcher.logs(job, rank=args.rank):
             print(line)
     return 0
@@ -108,7 +108,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     launcher, job = resolve(args)
-    with _api_errors():
+    with api_errors():
         launcher.cancel(job)
     print(f"cancelled {job}")
     return 0
@@ -117,7 +117,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None) -> int:
     """Print the attach config, write it to .vscode/launch.json, hold any port forward."""
     launcher, job = resolve(args)
-    with _api_errors():
+    with api_errors():
         attachment = launcher.attach(job, local_port=args.local_port)
     config: dict[str, Any] = attachment.config
     print(json.dumps(config, indent=2))
