@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +23,7 @@ from typing import Any
 
 from fi_dist import rundir
 from fi_dist.errors import LauncherError
-from fi_dist.launcher import JobStatus, Launcher
+from fi_dist.launcher import Attachment, JobStatus, Launcher
 
 DEFAULT_CLUSTER_LAUNCHER = "pytorchjob"
 
@@ -122,6 +124,7 @@ def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None)
     config: dict[str, Any] = attachment.config
     print(json.dumps(config, indent=2))
     if args.print_config:
+        print(token_note(attachment, None), file=sys.stderr)
         attachment.close()
         return 0
     from fi_dist.launchjson import LaunchJsonError, write_configuration
@@ -131,6 +134,7 @@ def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None)
     except (LaunchJsonError, OSError) as exc:  # the file is named and left as it was
         attachment.close()
         raise LauncherError(str(exc)) from None
+    print(token_note(attachment, path), file=sys.stderr)
     where = (f"forwarding 127.0.0.1:{attachment.forward.local_port} -> the hub of {job}; "
              if attachment.forward is not None else "")
     print(f"fi-dist: {where}'{config['name']}' written to {path}; start it in VSCode's Run "
@@ -145,6 +149,22 @@ def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None)
     finally:
         attachment.close()
     return 0
+
+
+def token_note(attachment: Attachment, written: Path | None) -> str:
+    """Where the job token is on this machine and how long it is good for (for stderr)."""
+    files = list(dict.fromkeys([*attachment.token_files, *([str(written)] if written else [])]))
+    lines = ["fi-dist: the job token (anyone holding it controls every rank) is in:"]
+    for f in files:
+        try:
+            mode = f"{stat.S_IMODE(os.stat(f).st_mode):04o}"
+        except OSError:
+            mode = "not readable here"
+        lines.append(f"  {f} (mode {mode})")
+    if not files:
+        lines.append("  (no file here: the configuration above)")
+    lines.append(f"  It is valid {attachment.token_lifetime}.")
+    return "\n".join(lines)
 
 
 def _forever() -> None:
