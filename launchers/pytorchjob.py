@@ -151,7 +151,9 @@ class PyTorchJobLauncher(KubernetesLauncher):
                                 "(the IDE's per-rank sessions then need the hub port free)"
                                 ) from None
         return Attachment(attach_config("127.0.0.1", fwd.local_port, self.hub_token(ns, name)),
-                          forward=fwd)
+                          forward=fwd, token_lifetime=(
+                              f"as long as the Secret {ns}/{name}-fi-dist-debug, which goes "
+                              f"with the PyTorchJob {ns}/{name} (its owner) or `fi-dist cancel`"))
 
 
 def _node_order(pod: str) -> tuple[int, int]:
