@@ -144,6 +144,14 @@ class BoundedHTTPServer:
         self._stop.set()
         if self._threads:
             self._done.wait(2.0)
+        while True:  # requests nobody will serve now: closed, and room for the stops
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                with contextlib.suppress(OSError):
+                    item[0].close()
         for _ in range(self.workers):
             with contextlib.suppress(queue.Full):
                 self._queue.put_nowait(_STOP)

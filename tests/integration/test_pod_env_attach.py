@@ -169,7 +169,9 @@ def test_attach_through_the_kubernetes_port_forward(tmp_path: Path) -> None:
         wait_listening(spec.debug.port, pods)  # the Master pod's readiness: its hub is up
         # The hub's own port is taken on this shared loopback (in a cluster it is inside
         # the pod), so the forward listens on another one here.
-        fwd, config = launcher.attach(f"default:{name}", local_port=0)
+        attachment = launcher.attach(f"default:{name}", local_port=0)
+        fwd, config = attachment.forward, attachment.config
+        assert f"Secret default/{name}-fi-dist-debug" in attachment.token_lifetime
         assert config["name"] == ATTACH_CONFIG_NAME and config["fiDistToken"] == token
         assert config["connect"] == {"host": "127.0.0.1", "port": fwd.local_port}
         assert fwd.local_port != spec.debug.port  # really through the forward
