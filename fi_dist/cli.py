@@ -14,6 +14,7 @@ from fi_dist.config import load_spec
 from fi_dist.errors import ConfigError, FiDistError
 from fi_dist.job_commands import (
     add_job_arguments,
+    api_errors,
     cmd_attach,
     cmd_cancel,
     cmd_logs,
@@ -23,7 +24,8 @@ from fi_dist.spec import JobSpec
 
 # Flags of `run` that map onto JobSpec fields; None means "not given on the command line".
 _RUN_FIELDS = ("nnodes", "nproc_per_node", "master_port", "launcher", "name",
-               "max_restarts", "grace_period", "image", "namespace", "checkpoint_uri")
+               "max_restarts", "grace_period", "image", "namespace", "checkpoint_uri",
+               "network_policy")
 # `--idle-X` flags map onto IdleSpec field X (docs/idle.md); any of them turns culling on.
 _IDLE_FIELDS = ("timeout", "threshold", "interval", "warn_lead", "dry_run", "sampler",
                 "hang_factor", "webhook", "email", "smtp", "email_from")
@@ -117,6 +119,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--namespace", default=None, help="Kubernetes namespace")
     p.add_argument("--ckpt-uri", dest="checkpoint_uri", default=None,
                    help="checkpoint directory or URI handed to the job as FI_DIST_CKPT_DIR")
+    p.add_argument("--network-policy", dest="network_policy", action="store_true",
+                   default=None, help="pytorchjob: also create a NetworkPolicy that lets only "
+                   "the job's own pods reach its pods (rendezvous and hub rank ports)")
     p.add_argument("--config", default=None, help="job spec file (.toml/.yaml) from configs/")
     _add_idle_flags(p)
     _add_debug_flags(p)
@@ -196,7 +201,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(dry.to_yaml())
         return 0
-    return launcher.run(dry, make_view(force_plain=args.plain))
+    with api_errors():  # a cluster's refusal is one line, not a traceback
+        return launcher.run(dry, make_view(force_plain=args.plain))
 
 
 def cmd_preempt(args: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +23,7 @@ from typing import Any
 
 from fi_dist import rundir
 from fi_dist.errors import LauncherError
-from fi_dist.launcher import JobStatus, Launcher
+from fi_dist.launcher import Attachment, JobStatus, Launcher
 
 DEFAULT_CLUSTER_LAUNCHER = "pytorchjob"
 
@@ -57,7 +59,7 @@ def resolve(args: argparse.Namespace) -> tuple[Launcher, str]:
 
 
 @contextlib.contextmanager
-def _api_errors() -> Iterator[None]:
+def api_errors() -> Iterator[None]:
     try:
         yield
     except LauncherError:
@@ -86,7 +88,7 @@ def format_status(st: JobStatus) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     launcher, job = resolve(args)
-    with _api_errors():
+    with api_errors():
         st = launcher.status(job)
     if args.json:
         print(json.dumps({"job_id": st.job_id, "state": st.state.value, "message": st.message,
@@ -100,7 +102,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     launcher, job = resolve(args)
-    with _api_errors():
+    with api_errors():
         for line in launcher.logs(job, rank=args.rank):
             print(line)
     return 0
@@ -108,7 +110,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     launcher, job = resolve(args)
-    with _api_errors():
+    with api_errors():
         launcher.cancel(job)
     print(f"cancelled {job}")
     return 0
@@ -117,11 +119,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None) -> int:
     """Print the attach config, write it to .vscode/launch.json, hold any port forward."""
     launcher, job = resolve(args)
-    with _api_errors():
+    with api_errors():
         attachment = launcher.attach(job, local_port=args.local_port)
     config: dict[str, Any] = attachment.config
     print(json.dumps(config, indent=2))
     if args.print_config:
+        print(token_note(attachment, None), file=sys.stderr)
         attachment.close()
         return 0
     from fi_dist.launchjson import LaunchJsonError, write_configuration
@@ -131,6 +134,7 @@ def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None)
     except (LaunchJsonError, OSError) as exc:  # the file is named and left as it was
         attachment.close()
         raise LauncherError(str(exc)) from None
+    print(token_note(attachment, path), file=sys.stderr)
     where = (f"forwarding 127.0.0.1:{attachment.forward.local_port} -> the hub of {job}; "
              if attachment.forward is not None else "")
     print(f"fi-dist: {where}'{config['name']}' written to {path}; start it in VSCode's Run "
@@ -145,6 +149,22 @@ def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None)
     finally:
         attachment.close()
     return 0
+
+
+def token_note(attachment: Attachment, written: Path | None) -> str:
+    """Where the job token is on this machine and how long it is good for (for stderr)."""
+    files = list(dict.fromkeys([*attachment.token_files, *([str(written)] if written else [])]))
+    lines = ["fi-dist: the job token (anyone holding it controls every rank) is in:"]
+    for f in files:
+        try:
+            mode = f"{stat.S_IMODE(os.stat(f).st_mode):04o}"
+        except OSError:
+            mode = "not readable here"
+        lines.append(f"  {f} (mode {mode})")
+    if not files:
+        lines.append("  (no file here: the configuration above)")
+    lines.append(f"  It is valid {attachment.token_lifetime}.")
+    return "\n".join(lines)
 
 
 def _forever() -> None:

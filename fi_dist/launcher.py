@@ -127,6 +127,10 @@ class Attachment:
     """The ``fi-dist: attach all ranks`` launch configuration (holds the job token)."""
     forward: Forward | None = None
     """A port forward that must stay open while the IDE is attached (clusters)."""
+    token_files: tuple[str, ...] = ()
+    """Files the job already wrote the token into (besides the launch.json attach writes)."""
+    token_lifetime: str = "as long as the job"
+    """How long the token is good for, in words (``fi-dist attach`` prints it)."""
 
     def close(self) -> None:
         if self.forward is not None:
@@ -171,4 +175,8 @@ def run_attachment(path: Path) -> Attachment:
     if config is None:
         raise ConfigError(f"run {run.run_id} has no debug hub (start it with `fi-dist run "
                           "--debug`, and wait until the hub is up)")
-    return Attachment(config)
+    # The hub writes launch.json in node 0's working directory: the one above .fi-dist/.
+    launch = path.parents[2] / ".vscode" / "launch.json"
+    files = (str(run.debug_file), *([str(launch)] if launch.is_file() else []))
+    return Attachment(config, token_files=files,
+                      token_lifetime=f"until run {run.run_id} ends (every run makes a new one)")

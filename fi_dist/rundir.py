@@ -11,6 +11,12 @@ Layout (``.fi-dist/`` under the working directory, like torchelastic's error fil
 Pure file I/O shared by the in-job runtime (writes rank state) and the client side
 (reads it for ``fi-dist status`` / ``preempt``). Writes are atomic (tmp + rename) so a
 reader never sees half a JSON document.
+
+Modes: ``.fi-dist/`` and every run directory are 0700 (created so; an existing one this
+user owns is tightened), and ``.fi-dist/.gitignore`` (``*``) keeps it out of git: run
+directories hold the job token (``debug.json``), logs and state that other users of a
+shared machine must not read. Files holding a secret are written 0600 by
+:func:`write_text_atomic`, which creates missing parent directories 0700.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from typing import Any
 from fi_dist.errors import NoRunningJobError
 
 ROOT_NAME = ".fi-dist"
+PRIVATE_DIR_MODE = 0o700
+GITIGNORE_TEXT = "# written by fi-dist: run state, logs and the job token stay out of git\n*\n"
 DEBUG_FILE = "debug.json"
 """In a run directory: the hub's attach configuration and rank port (holds the token)."""
 
@@ -51,7 +59,10 @@ def write_text_atomic(path: Path, text: str, mode: int) -> None:
     (``mkstemp``) and set to ``mode`` before a byte is written, so neither it nor the
     result is ever readable beyond ``mode``, whatever the umask or a leftover file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode & 0o077:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:  # a directory made for a secret is private too (one that exists is the user's)
+        make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
@@ -64,6 +75,34 @@ def write_text_atomic(path: Path, text: str, mode: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def make_private_dirs(path: Path) -> Path:
+    """Create ``path`` and its missing parents 0700; directories that exist are left as they are."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=PRIVATE_DIR_MODE)
+            os.chmod(d, PRIVATE_DIR_MODE)  # exact, whatever the umask
+    return path
+
+
+def tighten(path: Path, mode: int) -> None:
+    """Clear the bits of ``path`` beyond ``mode`` when this user owns it (else leave it)."""
+    st = path.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o777 & ~mode:
+        os.chmod(path, st.st_mode & 0o777 & mode)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a 0700 directory: created so, or tightened when this user owns it."""
+    make_private_dirs(path)
+    tighten(path, PRIVATE_DIR_MODE)
+    return path
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -191,11 +230,22 @@ def root(cwd: Path | None = None) -> Path:
     return (cwd or Path.cwd()) / ROOT_NAME
 
 
+def ensure_root(cwd: Path | None = None) -> Path:
+    """``.fi-dist/`` under ``cwd``, 0700, with a ``.gitignore`` that ignores all of it."""
+    base = private_dir(root(cwd))
+    ignore = base / ".gitignore"
+    if not ignore.exists():
+        write_text_atomic(ignore, GITIGNORE_TEXT, 0o644)
+    return base
+
+
 def create_run(cwd: Path | None = None) -> RunDir:
-    """Make a new run directory and mark it current."""
-    base = root(cwd)
-    run = RunDir(base / "runs" / new_run_id())
-    run.path.mkdir(parents=True)
+    """Make a new run directory (0700) and mark it current."""
+    base = ensure_root(cwd)
+    runs = private_dir(base / "runs")
+    run = RunDir(runs / new_run_id())
+    run.path.mkdir(mode=PRIVATE_DIR_MODE)
+    os.chmod(run.path, PRIVATE_DIR_MODE)
     (base / "current").write_text(run.run_id)
     return run
 

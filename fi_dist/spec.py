@@ -171,6 +171,9 @@ class JobSpec:
     """Checkpoint directory or URI handed to the job (FI_DIST_CKPT_DIR)."""
     idle: IdleSpec = field(default_factory=IdleSpec)
     """Idle-worker culling options."""
+    network_policy: bool = False
+    """PyTorchJob: also create a NetworkPolicy letting only the job's own pods reach its
+    pods (the rendezvous store and the hub's rank port among them; docs/debug.md)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.resources, dict):
@@ -198,6 +201,11 @@ class JobSpec:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             raise ConfigError(f"env must map strings to strings, got {self.env!r}")
         self.script_args = [str(a) for a in self.script_args]
+        if not isinstance(self.network_policy, bool):
+            raise ConfigError(f"network_policy must be true or false, got {self.network_policy!r}")
+        if self.network_policy and self.launcher != "pytorchjob":
+            raise ConfigError(f"network_policy: only the pytorchjob launcher creates a "
+                              f"NetworkPolicy, not {self.launcher!r}")
 
     @property
     def world_size(self) -> int:

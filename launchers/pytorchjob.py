@@ -1,7 +1,9 @@
 """Kubeflow PyTorchJob launcher: dry-run, submit, status, logs, cancel, attach.
 
-``dryrun`` builds and validates the objects (a Secret with the hub token when
-debugging, then the PyTorchJob) without touching a network. The job's lifecycle
+``dryrun`` builds and validates the objects (with ``--network-policy`` a NetworkPolicy,
+a Secret with the hub token when debugging, then the PyTorchJob) without touching a
+network; ``schedule`` creates them in that order and then makes the job the owner of
+the Secret and the policy, so they are deleted with it. The job's lifecycle
 (create, status, per-replica logs, delete) goes through kubeflow-training's
 ``TrainingClient`` (:mod:`fi_dist.k8s.training`), the Secret and attach's port-forward
 through the kubernetes client (:mod:`fi_dist.k8s.cluster`); both are imported only then.
@@ -15,8 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from fi_dist.errors import LauncherError
+from fi_dist.k8s import networkpolicy
 from fi_dist.k8s import pytorchjob as manifest
-from fi_dist.k8s.validation import validate
+from fi_dist.k8s.validation import ManifestError, validate
 from fi_dist.launcher import Attachment, DryRun, JobState, JobStatus
 from fi_dist.launchjson import attach_config
 from fi_dist.spec import JobSpec
@@ -55,6 +58,9 @@ class PyTorchJobLauncher(KubernetesLauncher):
         for doc in docs:
             if doc["kind"] == manifest.KIND:
                 validate(doc, require_schema=False)
+            elif doc["kind"] == networkpolicy.KIND and (errors := networkpolicy.check(doc)):
+                raise ManifestError(f"NetworkPolicy {doc['metadata']['name']!r} is invalid:\n  "
+                                    + "\n  ".join(errors))
         return DryRun(self.name, spec, docs, docs)
 
     @property
@@ -111,7 +117,10 @@ class PyTorchJobLauncher(KubernetesLauncher):
 
         ns, name = split_job_id(job_id)
         self.jobs.delete(ns, name)
+        # Owned by the job (the garbage collector deletes them too); deleted here as well
+        # for a job whose owner references could not be set. Absent ones are fine.
         self.cluster.delete_secret(ns, f"{name}-fi-dist-debug")
+        self.cluster.delete_network_policy(ns, networkpolicy.name(name))
 
     def hub_token(self, namespace: str, name: str) -> str:
         secret = self.cluster.core.read_namespaced_secret(f"{name}-fi-dist-debug", namespace)
@@ -142,7 +151,9 @@ class PyTorchJobLauncher(KubernetesLauncher):
                                 "(the IDE's per-rank sessions then need the hub port free)"
                                 ) from None
         return Attachment(attach_config("127.0.0.1", fwd.local_port, self.hub_token(ns, name)),
-                          forward=fwd)
+                          forward=fwd, token_lifetime=(
+                              f"as long as the Secret {ns}/{name}-fi-dist-debug, which goes "
+                              f"with the PyTorchJob {ns}/{name} (its owner) or `fi-dist cancel`"))
 
 
 def _node_order(pod: str) -> tuple[int, int]:

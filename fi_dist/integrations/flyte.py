@@ -24,6 +24,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -140,13 +141,13 @@ def reload_function(fn: Callable[..., Any], file: str | None) -> Callable[..., A
 
 
 def _run(cfg: InteractiveConfig, fn: Callable[..., Any], file: str | None, args: Any,
-         kwargs: Any) -> Any:
+         kwargs: Any, local_token: str | None = None) -> Any:
     from fi_dist.runtime.interactive import Session, fresh_store_namespace, restart_count
 
     root = Path(cfg.source_root).resolve() if cfg.source_root else source_root_of(file)
     if cfg.pre_execute is not None:
         cfg.pre_execute()
-    session = Session(cfg, root)
+    session = Session(cfg, root, local_token=local_token)
     session.open()
     fresh_store_namespace()
     target = reload_function(fn, file) if restart_count() > 0 else fn
@@ -176,10 +177,18 @@ class _Target:
     :meth:`__reduce__` puts the source root back on the worker's path before the function
     itself is unpickled. It is also the wrapper's ``__wrapped__`` (with the function's
     signature and globals), so flytekit reads the task's interface through it.
+
+    It also carries a job token made where it was decorated, with that process's pid: a
+    worker that got it from its parent (unpickled from a ``spawn``, or inherited by a
+    ``fork``) shares it with every other worker of that parent, so a one-node Elastic task
+    needs no token in its environment (:func:`fi_dist.runtime.interactive.job_token`).
+    It travels only in the pickle the parent hands its own workers, never over a network.
     """
 
-    def __init__(self, fn: Callable[..., Any], cfg: InteractiveConfig, file: str | None) -> None:
+    def __init__(self, fn: Callable[..., Any], cfg: InteractiveConfig, file: str | None,
+                 parent: tuple[int, str] | None = None) -> None:
         self.fn, self.cfg, self.file = fn, cfg, file
+        self.parent = parent or (os.getpid(), secrets.token_hex(16))
         self.on: bool | None = None  # the switch, read on the first call in each process
         self.__wrapped__ = fn  # inspect.unwrap (getsource, type hints) reaches the function
         self.__signature__ = inspect.signature(fn)
@@ -189,10 +198,20 @@ class _Target:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
+    @property
+    def handed_token(self) -> str | None:
+        """The parent's token when this process is a worker it started, else None."""
+        pid, token = self.parent
+        return token if pid != os.getpid() else None
+
     def __reduce__(self) -> tuple[Any, ...]:
         cloudpickle = _pickler()
         root = str(source_root_of(self.file)) if self.file else None
-        return (_restore, (root, cloudpickle.dumps((self.fn, self.cfg, self.file))))
+        # Only what an enabled session without a token from the environment needs: a
+        # pickle that goes elsewhere (a blob store) carries no token when it is not used.
+        parent = (self.parent if self.cfg.enabled() and not os.environ.get(ev.FI_DIST_DEBUG_TOKEN)
+                  else None)
+        return (_restore, (root, cloudpickle.dumps((self.fn, self.cfg, self.file, parent))))
 
 
 def _pickler() -> Any:
@@ -206,8 +225,8 @@ def _pickler() -> Any:
 def _restore(root: str | None, payload: bytes) -> _Target:
     if root and root not in sys.path:
         sys.path.append(root)
-    fn, cfg, file = _pickler().loads(payload)
-    return _Target(fn, cfg, file)
+    fn, cfg, file, parent = _pickler().loads(payload)
+    return _Target(fn, cfg, file, parent)
 
 
 def _unwrap(obj: Any) -> Any:
@@ -226,7 +245,7 @@ def _wrap(fn: Callable[..., Any], cfg: InteractiveConfig) -> Callable[..., Any]:
             target.on = target.cfg.enabled()
         if not target.on:
             return target.fn(*args, **kwargs)
-        return _run(target.cfg, target.fn, target.file, args, kwargs)
+        return _run(target.cfg, target.fn, target.file, args, kwargs, target.handed_token)
 
     wrapper.__wrapped__ = target
     setattr(wrapper, MARK, True)

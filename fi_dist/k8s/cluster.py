@@ -33,6 +33,9 @@ class Resource:
         return f"{self.plural}.{self.group}"
 
 
+BUILT_IN = ("Secret", "NetworkPolicy")
+"""Built-in kinds the launchers create beside their custom objects."""
+
 RESOURCES = {
     "PyTorchJob": Resource("kubeflow.org", "v1", "pytorchjobs"),
     "RayJob": Resource("ray.io", "v1", "rayjobs"),
@@ -80,6 +83,7 @@ class Cluster:
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
         self.ext = client.ApiextensionsV1Api(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
 
     def served_crd(self, kind: str) -> dict[str, Any] | None:
         """The CRD as the cluster serves it, camelCase; None if it may not be read."""
@@ -106,8 +110,8 @@ class Cluster:
                 validate(doc, crd=self.served_crd(doc["kind"]), require_schema=False)
         for doc in documents:
             ns = doc["metadata"]["namespace"]
-            if doc["kind"] == "Secret":
-                self.core.create_namespaced_secret(ns, doc)
+            if doc["kind"] in BUILT_IN:
+                self.create_built_in(doc)
             else:
                 r = RESOURCES[doc["kind"]]
                 self.custom.create_namespaced_custom_object(r.group, r.version, ns, r.plural, doc)
@@ -125,17 +129,53 @@ class Cluster:
             r.group, r.version, namespace, r.plural, name,
             body=client.V1DeleteOptions(propagation_policy="Foreground"))
 
-    def delete_secret(self, namespace: str, name: str) -> None:
-        from kubernetes.client.exceptions import ApiException
+    def create_built_in(self, doc: dict[str, Any]) -> None:
+        """Create a Secret or NetworkPolicy (plain dict body, sent as it is)."""
+        ns = doc["metadata"]["namespace"]
+        if doc["kind"] == "Secret":
+            self.core.create_namespaced_secret(ns, doc)
+        elif doc["kind"] == "NetworkPolicy":
+            self.networking.create_namespaced_network_policy(ns, doc)
+        else:
+            raise LauncherError(f"cannot create a {doc['kind']}")
 
-        try:
-            self.core.delete_namespaced_secret(name, namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+    def set_owner(self, doc: dict[str, Any], owner: dict[str, Any]) -> None:
+        """Add ``owner`` to the ownerReferences of the created Secret/NetworkPolicy ``doc``."""
+        ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
+        patch = {"metadata": {"ownerReferences": [owner]}}
+        if doc["kind"] == "Secret":
+            self.core.patch_namespaced_secret(name, ns, patch)
+        elif doc["kind"] == "NetworkPolicy":
+            self.networking.patch_namespaced_network_policy(name, ns, patch)
+        else:
+            raise LauncherError(f"cannot set the owner of a {doc['kind']}")
+
+    def delete_built_in(self, doc: dict[str, Any]) -> None:
+        """Delete a Secret/NetworkPolicy fi-dist created (gone already is fine)."""
+        ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
+        if doc["kind"] == "Secret":
+            self.delete_secret(ns, name)
+        elif doc["kind"] == "NetworkPolicy":
+            self.delete_network_policy(ns, name)
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        _absent_ok(self.core.delete_namespaced_secret, name, namespace)
+
+    def delete_network_policy(self, namespace: str, name: str) -> None:
+        _absent_ok(self.networking.delete_namespaced_network_policy, name, namespace)
 
     def pods(self, namespace: str, selector: str) -> list[Any]:
         return self.core.list_namespaced_pod(namespace, label_selector=selector).items
 
     def pod_log(self, namespace: str, pod: str, container: str) -> str:
         return self.core.read_namespaced_pod_log(pod, namespace, container=container)
+
+
+def _absent_ok(delete: Any, name: str, namespace: str) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        delete(name, namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise

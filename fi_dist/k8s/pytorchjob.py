@@ -173,7 +173,11 @@ def build(spec: JobSpec, job: JobContract | None = None) -> dict[str, Any]:
 
 
 def debug_secret(spec: JobSpec, token: str) -> dict[str, Any]:
-    """The Secret holding the hub token every rank and the IDE side present."""
+    """The Secret holding the hub token every rank and the IDE side present.
+
+    Created before the job (a pod whose env names a missing Secret key does not start),
+    then given the job as its owner (:func:`owner_reference`), so it goes with the job.
+    """
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -184,8 +188,23 @@ def debug_secret(spec: JobSpec, token: str) -> dict[str, Any]:
     }
 
 
+def owner_reference(job: dict[str, Any]) -> dict[str, Any]:
+    """An ownerReference to a created PyTorchJob (``job`` as the API returned it, with
+    its uid): the garbage collector deletes the owned object with the job."""
+    meta = job["metadata"]
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"]}
+
+
 def documents(spec: JobSpec, token: str | None = None) -> list[dict[str, Any]]:
-    """What ``--dry-run`` prints and ``schedule`` creates, in creation order."""
+    """What ``--dry-run`` prints and ``schedule`` creates, in creation order.
+
+    The NetworkPolicy (``network_policy``) first, so no pod of the job is ever
+    reachable without it; the token Secret before the job, whose pods read it.
+    """
+    from fi_dist.k8s import networkpolicy
+
     job = job_contract(spec, token=token)
-    docs = [debug_secret(spec, job.debug.token)] if job.debug is not None else []
+    docs = [networkpolicy.build(spec, labels(spec))] if spec.network_policy else []
+    if job.debug is not None:
+        docs.append(debug_secret(spec, job.debug.token))
     return [*docs, build(spec, job)]

@@ -18,14 +18,20 @@ Imported only when a job goes to or comes from a cluster (never by a dry-run).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from fi_dist.errors import LauncherError
-from fi_dist.k8s.cluster import Cluster
+from fi_dist.k8s import pytorchjob as manifest
+from fi_dist.k8s.cluster import BUILT_IN, Cluster
+
+log = logging.getLogger("fi_dist.k8s")
 
 KIND = "PyTorchJob"
 MODEL = "KubeflowOrgV1PyTorchJob"
+BUILT_IN_MODELS = {"NetworkPolicy": "V1NetworkPolicy"}
+"""Built-in objects checked like the job: the kubernetes model must send them as built."""
 
 
 @contextlib.contextmanager
@@ -84,35 +90,79 @@ class PyTorchJobs:
         return self.cluster.api.sanitize_for_serialization(model)
 
     def create(self, documents: list[dict[str, Any]]) -> None:
-        """Check and validate the job as it will be sent, then create the Secret and the job.
+        """Check and validate what will be sent, create it in order, then make the job the
+        owner of the Secret and the NetworkPolicy.
+
+        The Secret and the policy are created *before* the job: a pod whose env names a
+        missing Secret key does not start, and no pod should run before its policy. Their
+        ownerReference needs the job's uid, so it is patched on once the job exists (the
+        garbage collector then deletes them with the job). If creating fails, what was
+        already created is deleted again; a failed patch is a warning (the job runs, and
+        ``fi-dist cancel`` deletes both by name).
 
         Raises:
-            LauncherError: the typed model would change the manifest (names the fields).
-            ManifestError: the object sent is not valid for the CRD the cluster serves.
+            LauncherError: a typed model would change an object (names the fields).
+            ManifestError: the job sent is not valid for the CRD the cluster serves.
         """
         from fi_dist.k8s.validation import validate
 
         models = {}
         for doc in documents:
-            if doc["kind"] != KIND:
-                continue
-            model = self.to_model(doc)
-            sent = self.to_wire(model)
-            if lost := differences(doc, sent):
-                raise LauncherError(
-                    f"kubeflow-training's {MODEL} would not send {doc['metadata']['name']} as "
-                    f"built: {', '.join(lost)}")
-            validate(sent, crd=self.cluster.served_crd(KIND), require_schema=False)
-            models[id(doc)] = model
-        for doc in documents:
-            ns = doc["metadata"]["namespace"]
-            if doc["kind"] == "Secret":
-                self.cluster.core.create_namespaced_secret(ns, doc)
+            if doc["kind"] in BUILT_IN_MODELS:
+                self._check_model(doc, BUILT_IN_MODELS[doc["kind"]],
+                                  self.cluster.api.deserialize)
             elif doc["kind"] == KIND:
-                with _api_error():
-                    self.client.create_job(job=models[id(doc)], namespace=ns)
-            else:
+                models[id(doc)] = model = self._check_model(doc, MODEL, self.client.api_client
+                                                            .deserialize)
+                validate(self.to_wire(model), crd=self.cluster.served_crd(KIND),
+                         require_schema=False)
+            elif doc["kind"] not in BUILT_IN:
                 raise LauncherError(f"a PyTorchJob submit cannot create a {doc['kind']}")
+        created: list[dict[str, Any]] = []
+        try:
+            for doc in documents:
+                if doc["kind"] == KIND:
+                    with _api_error():
+                        self.client.create_job(job=models[id(doc)],
+                                               namespace=doc["metadata"]["namespace"])
+                else:
+                    self.cluster.create_built_in(doc)
+                    created.append(doc)
+        except BaseException:
+            for doc in created:  # nothing of a job that was never created stays behind
+                with contextlib.suppress(Exception):
+                    self.cluster.delete_built_in(doc)
+            raise
+        jobs = [d for d in documents if d["kind"] == KIND]
+        if created and jobs:
+            self._give_owner(created, jobs[0]["metadata"])
+
+    def _give_owner(self, owned: list[dict[str, Any]], job_meta: dict[str, Any]) -> None:
+        """Make the created job the owner of ``owned``; failures are warnings (see create)."""
+        try:
+            owner = manifest.owner_reference(self.get(job_meta["namespace"], job_meta["name"]))
+        except Exception as exc:  # the job runs; its Secret/policy stay until cancel
+            log.warning("fi-dist: cannot read the uid of %s to own its %s (%s); "
+                        "`fi-dist cancel` deletes them", job_meta["name"],
+                        " and ".join(d["kind"] for d in owned), getattr(exc, "reason", exc))
+            return
+        for doc in owned:
+            try:
+                self.cluster.set_owner(doc, owner)
+            except Exception as exc:
+                log.warning("fi-dist: %s %s was created but could not be given its job as "
+                            "owner (%s); `fi-dist cancel` deletes it", doc["kind"],
+                            doc["metadata"]["name"], getattr(exc, "reason", exc))
+
+    def _check_model(self, doc: dict[str, Any], model_name: str, deserialize: Any) -> Any:
+        """``doc`` as the typed model the client sends, which must send ``doc`` unchanged."""
+        from kubeflow.training.utils.utils import FakeResponse
+
+        model = deserialize(FakeResponse(doc), model_name)
+        if lost := differences(doc, self.to_wire(model)):
+            raise LauncherError(f"the client's {model_name} would not send "
+                                f"{doc['metadata']['name']} as built: {', '.join(lost)}")
+        return model
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:
         """The job as the API returns it, in its wire (camelCase) form."""

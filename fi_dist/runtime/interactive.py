@@ -4,6 +4,10 @@ Rank 0 of node 0 owns the job's only debug hub, code-server and resume endpoint;
 other rank finds them through the job's rendezvous store (torchelastic's agent store,
 reachable from every node) and registers with the hub. Keys carry the restart count, so
 a restarted worker group never reads the previous attempt's ports.
+
+The store is readable and writable by anyone who reaches its port, so only addresses
+go on it, never the job token: every rank gets the token from its environment
+(:func:`job_token`), and resume generations are signed with it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import sys
 import threading
 import time
@@ -20,11 +23,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fi_dist import contract
+from fi_dist import contract, rundir
 from fi_dist import env_vars as ev
 from fi_dist.contract import DebugSettings
-from fi_dist.launchjson import LaunchJsonError, write_configuration
-from fi_dist.runtime import heartbeat, resume
+from fi_dist.errors import ConfigError
+from fi_dist.launchjson import PRIVATE_MODE, LaunchJsonError, write_configuration
+from fi_dist.runtime import generation, heartbeat, resume
 from fi_dist.runtime.environment import RankEnvironment
 
 if TYPE_CHECKING:
@@ -38,11 +42,42 @@ RESUME_CONFIG_NAME = "fi-dist: resume all ranks"
 
 
 def restart_count() -> int:
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    return int(os.environ.get(ev.TORCHELASTIC_RESTART_COUNT, "0") or 0)
 
 
 def restarts_left() -> int:
-    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) - restart_count()
+    return int(os.environ.get(ev.TORCHELASTIC_MAX_RESTARTS, "0") or 0) - restart_count()
+
+
+class NoJobTokenError(ConfigError):
+    """Several ranks need one job token and the environment does not give them one."""
+
+
+def job_token(env: RankEnvironment, local_token: str | None = None) -> str:
+    """The token every rank of the job shares: hub handshake, resume endpoint, signatures.
+
+    In order: ``FI_DIST_DEBUG_TOKEN`` (a cluster mounts it from a Secret on every pod,
+    ``fi-dist run --debug`` sets it on every node); ``local_token``, one that the process
+    which started this node's ranks handed to all of them in memory (the decorator's
+    pickle: a flytekit Elastic task's workers), used only when the job is this one node;
+    a fresh one when this process is the whole job (world size 1: no other rank needs it).
+
+    Raises:
+        NoJobTokenError: several ranks and no shared token; the message says how to give one.
+    """
+    token = os.environ.get(ev.FI_DIST_DEBUG_TOKEN)
+    if token:
+        return token
+    if env.world_size == 1:
+        return contract.new_token()
+    if local_token and env.nnodes == 1:
+        return local_token
+    raise NoJobTokenError(
+        f"@interactive_pytorch on {env.world_size} ranks over {env.nnodes} node(s) needs the "
+        f"job token in {ev.FI_DIST_DEBUG_TOKEN}, the same on every node (mount it from a "
+        "Kubernetes Secret, see docs/flyte.md; `fi-dist run --debug` sets it). It is never "
+        "sent through the rendezvous store, which anyone reaching its port can read and "
+        "write, so without it the session and resume are refused.")
 
 
 def fresh_store_namespace() -> None:
@@ -54,7 +89,7 @@ def fresh_store_namespace() -> None:
     needed after a restart, which is what a resume is.
     """
     attempt = restart_count()
-    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+    if attempt == 0 or os.environ.get(ev.TORCHELASTIC_USE_AGENT_STORE) != "True":
         return
     import importlib
 
@@ -77,14 +112,14 @@ def open_store(env: RankEnvironment) -> Any:
     """A client of the job's rendezvous store; an in-process store for a single process."""
     import torch.distributed as dist
 
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+    if os.environ.get(ev.TORCHELASTIC_USE_AGENT_STORE) == "True":
         return dist.TCPStore(env.master_addr, env.master_port, is_master=False,
                              timeout=timedelta(seconds=300), wait_for_workers=False)
     if env.world_size == 1:
         return dist.HashStore()
     raise RuntimeError("@interactive_pytorch needs torchelastic's agent store to find rank 0 "
                        "(run the ranks with torchrun, fi-dist run or a flytekit Elastic task; "
-                       "TORCHELASTIC_USE_AGENT_STORE is not True here)")
+                       f"{ev.TORCHELASTIC_USE_AGENT_STORE} is not True here)")
 
 
 def resume_launch_config(python: str) -> dict[str, Any]:
@@ -96,10 +131,13 @@ def resume_launch_config(python: str) -> dict[str, Any]:
 class Session:
     """What one rank runs around the training function when the decorator is enabled."""
 
-    def __init__(self, cfg: InteractiveConfig, root: Path) -> None:
+    def __init__(self, cfg: InteractiveConfig, root: Path, local_token: str | None = None
+                 ) -> None:
         self.cfg = cfg
         self.root = root
         self.env = RankEnvironment.from_env()
+        self.token = job_token(self.env, local_token)  # before anything starts: refuse early
+        self.scope = generation.Scope.from_env()
         self.prefix = f"fi_dist/interactive/{restart_count()}/"
         self.store: Any = None
         self.hub: HubProcess | None = None
@@ -125,15 +163,16 @@ class Session:
             self.info = json.loads(self.store.get(self.prefix + "hub"))
         if self.debugged and not under_hub:
             self._start_debugger()
-        self.watcher = resume.Watcher(self.store, self.root, self._on_resume).start()
+        self.watcher = resume.Watcher(self.store, self.root, self.token, self.scope,
+                                      self._on_resume, label=self.env.label()).start()
         if self.debugged and self.cfg.wait_for_client:
             from fi_dist.runtime.debug import agent
 
             agent.wait_for_client()
 
     def _open_owner(self, under_hub: bool) -> None:
-        token = os.environ.get(ev.FI_DIST_DEBUG_TOKEN) or secrets.token_hex(16)
-        info: dict[str, Any] = {}
+        token = self.token
+        info: dict[str, Any] = {}  # goes on the store: addresses only, never the token
         if not under_hub:
             from fi_dist.runtime.debug import hub_process
 
@@ -143,14 +182,9 @@ class Session:
             self.hub = hub_process.start(settings, rank_host, cwd=str(self.root))
             info = {"host": rank_host, "rank_port": self.hub.rank_port,
                     "ide_port": self.hub.ide_port}
-            if ev.FI_DIST_DEBUG_TOKEN not in os.environ:
-                # Ranks learn the token from the rendezvous store; set FI_DIST_DEBUG_TOKEN
-                # (a Flyte secret) to keep it off the store.
-                info["token"] = token
         self.info = info
-        self.token = token
         before = resume.snapshot(self.root)
-        self.server = resume.ResumeServer(self.store, self.root, token, before,
+        self.server = resume.ResumeServer(self.store, self.root, token, self.scope, before,
                                           self._why_no_restart, status=self._status).start()
         if not self.cfg.run_task_first:
             self._start_code_server()
@@ -162,23 +196,15 @@ class Session:
     def _start_debugger(self) -> None:
         from fi_dist.runtime.debug import agent, timeouts
 
-        settings = DebugSettings(token=self.info.get("token") or self.token_from_env(),
-                                 rank_port=int(self.info["rank_port"]))
+        settings = DebugSettings(token=self.token, rank_port=int(self.info["rank_port"]))
         os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         timeouts.apply(settings.pg_timeout)
         agent.start(self.env, settings, hub_host=self.info["host"])
 
-    def token_from_env(self) -> str:
-        token = getattr(self, "token", None) or os.environ.get(ev.FI_DIST_DEBUG_TOKEN)
-        if not token:
-            raise RuntimeError(f"rank 0 kept the job token off the store but {ev.FI_DIST_DEBUG_TOKEN} "
-                               "is unset on this rank: set it the same on every node")
-        return token
-
     def _start_code_server(self) -> None:
         from fi_dist.runtime import codeserver
 
-        state = self.root / ".fi-dist" / "code-server"
+        state = rundir.private_dir(rundir.ensure_root(self.root) / "code-server")
         password = self._password(state)
         cfg = codeserver.CodeServerConfig(folder=self.root, state_dir=state, password=password,
                                           port=self.cfg.port)
@@ -198,12 +224,11 @@ class Session:
         # Kept across restarts of rank 0, so a browser logged in before a resume stays in.
         path = state / "password"
         with contextlib.suppress(OSError):
-            return path.read_text().strip()
-        state.mkdir(parents=True, exist_ok=True)
-        password = secrets.token_urlsafe(18)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(password)
+            rundir.tighten(path, PRIVATE_MODE)  # a file from before fi-dist set modes
+            if password := path.read_text().strip():
+                return password
+        password = contract.new_token()
+        rundir.write_text_atomic(path, password, PRIVATE_MODE)
         return password
 
     def _code_server_on_failure(self) -> None:
@@ -223,11 +248,8 @@ class Session:
                 "code_server_password": cs.cfg.password if cs else None,
                 "hub_port": self.info.get("ide_port"), "source_root": str(self.root),
                 "restart_count": restart_count()}
-        path = self.root / resume.SESSION_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
+        rundir.write_text_atomic(self.root / resume.SESSION_FILE, json.dumps(data, indent=2),
+                                 PRIVATE_MODE)
         try:  # beside the hub's attach configuration; a file we cannot edit stays as it is
             write_configuration(self.root, resume_launch_config(sys.executable))
         except (LaunchJsonError, OSError) as exc:
@@ -248,8 +270,8 @@ class Session:
 
     def _why_no_restart(self) -> str | None:
         if self.env.world_size > 1 and restarts_left() <= 0:
-            return (f"no restart left (TORCHELASTIC_MAX_RESTARTS="
-                    f"{os.environ.get('TORCHELASTIC_MAX_RESTARTS', '0')}, restart "
+            return (f"no restart left ({ev.TORCHELASTIC_MAX_RESTARTS}="
+                    f"{os.environ.get(ev.TORCHELASTIC_MAX_RESTARTS, '0')}, restart "
                     f"{restart_count()}): give the task Elastic(max_restarts>=1) or torchrun "
                     "--max-restarts so the ranks can re-enter with the edited code")
         return None

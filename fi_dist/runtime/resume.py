@@ -4,26 +4,28 @@ The user edits the task's source on rank 0 (in code-server) and triggers resume 
 ``fi-dist: resume all ranks`` launch configuration, ``fi-dist resume``, or
 :func:`request_resume`). Then:
 
-1. rank 0 of node 0's :class:`ResumeServer` (127.0.0.1, job token) writes the files the
-   request carries, diffs the source root against the snapshot taken when the task
-   started and publishes the changed files as one *generation* in the job's rendezvous
-   store (torchelastic's agent store: every rank of every node reaches it, nodes share no
-   filesystem);
-2. every rank's :class:`Watcher` (a thread the debugger never pauses) fetches the
-   generation, writes the files into its own source root and ends its process with
-   :data:`RESUME_EXIT_CODE`, whatever the main thread is doing (stopped post-mortem,
-   blocked in a collective waiting for the failed rank, still computing);
+1. rank 0 of node 0's :class:`ResumeServer` (127.0.0.1, ``Authorization: Bearer <job
+   token>``) writes the files the request carries, diffs the source root against the
+   snapshot taken when the task started and publishes the changed files as one
+   *generation* in the job's rendezvous store (torchelastic's agent store: every rank of
+   every node reaches it, nodes share no filesystem), signed with the job token
+   (:mod:`fi_dist.runtime.generation`);
+2. every rank's :class:`Watcher` (a thread the debugger never pauses) verifies the
+   generation's signature, writes the files into its own source root and ends its
+   process with :data:`RESUME_EXIT_CODE`, whatever the main thread is doing (stopped
+   post-mortem, blocked in a collective waiting for the failed rank, still computing);
+   a generation that does not verify is refused with a log line and nothing written;
 3. torchelastic restarts the worker group (``max_restarts``): fresh processes import the
    edited modules, the decorator reloads the task function from its file, and the
    training function re-enters from the last checkpoint.
 
-Only text source files under the root are shipped (:data:`SHIPPED_SUFFIXES`), with a
-size cap; paths are relative and may not leave the root.
+Only source files under the root are shipped or written (:func:`check_source_path`:
+:data:`SHIPPED_SUFFIXES`, not under :data:`SKIPPED_DIRS` or any dot-directory, at most
+:data:`MAX_FILE` bytes); paths are relative and may not leave the root.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import hmac
@@ -35,9 +37,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from fi_dist.runtime import generation
+from fi_dist.runtime.boundedhttp import BoundedHandler, BoundedHTTPServer, QuietLog
+from fi_dist.runtime.generation import GenerationRefused, Scope
 
 log = logging.getLogger("fi_dist.resume")
 
@@ -48,11 +53,14 @@ SHIPPED_SUFFIXES = (".py", ".pyi", ".yaml", ".yml", ".toml", ".cfg", ".ini")
 text and data a running job writes next to its code)."""
 SKIPPED_DIRS = {"__pycache__", "node_modules", ".git", ".vscode", ".fi-dist", ".tools",
                 ".venv", "venv"}
+"""Never shipped or written (nor is any other name starting with a dot)."""
 MAX_FILE = 1 << 20
 """Bytes: a bigger file is data, not source, and is not shipped."""
 MAX_FILES = 5000
-GEN_KEY = "fi_dist/resume/gen"
-_PAYLOAD_KEY = "fi_dist/resume/payload/{}"
+MAX_BODY = 16 << 20
+"""Bytes of an authenticated resume request; the unauthenticated get none read."""
+WATCH_BACK = 16
+"""Generations a watcher looks back from the newest number (a forged bump hides none)."""
 
 
 class ResumeError(RuntimeError):
@@ -64,13 +72,17 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _skipped(name: str) -> bool:
+    return name in SKIPPED_DIRS or name.startswith(".")
+
+
 def source_files(root: Path) -> dict[str, Path]:
     """Relative path -> file for every shipped source file under ``root``."""
     out: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
         for name in sorted(filenames):
-            if not name.endswith(SHIPPED_SUFFIXES):
+            if not name.endswith(SHIPPED_SUFFIXES) or _skipped(name):
                 continue
             path = Path(dirpath) / name
             try:
@@ -109,11 +121,43 @@ def safe_path(root: Path, rel: str) -> Path:
     return target
 
 
+def check_source_path(root: Path, rel: str) -> Path:
+    """``root/rel`` if resume may write it: inside the root (symlinks resolved), a
+    :data:`SHIPPED_SUFFIXES` file, under no skipped or dot-directory.
+
+    Raises:
+        ResumeError: naming the path and the rule it breaks.
+    """
+    target = safe_path(root, rel)
+    parts = target.relative_to(root.resolve()).parts
+    if not parts or not parts[-1].endswith(SHIPPED_SUFFIXES):
+        raise ResumeError(f"source path {rel!r}: resume ships only "
+                          f"{' '.join(SHIPPED_SUFFIXES)} files")
+    if bad := [p for p in parts if _skipped(p)]:
+        raise ResumeError(f"source path {rel!r} is in {bad[0]!r}: resume never writes "
+                          "under dot-directories or " + ", ".join(sorted(SKIPPED_DIRS)))
+    return target
+
+
 def write_files(root: Path, files: dict[str, bytes]) -> list[str]:
-    """Write ``files`` under ``root`` atomically; returns the paths whose content changed."""
-    written = []
+    """Write ``files`` under ``root`` atomically; returns the paths whose content changed.
+
+    Every path and size is checked before the first byte is written: one bad entry and
+    nothing is.
+
+    Raises:
+        ResumeError: a path :func:`check_source_path` refuses, or a file over MAX_FILE.
+    """
+    if len(files) > MAX_FILES:
+        raise ResumeError(f"{len(files)} files: at most {MAX_FILES} are shipped")
+    targets = {}
     for rel, data in sorted(files.items()):
-        target = safe_path(root, rel)
+        targets[rel] = check_source_path(root, rel)
+        if len(data) > MAX_FILE:
+            raise ResumeError(f"source path {rel!r}: {len(data)} bytes, over {MAX_FILE}")
+    written = []
+    for rel, target in targets.items():
+        data = files[rel]
         if target.is_file() and target.read_bytes() == data:
             continue  # another rank of this node got there first (shared filesystem)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -124,22 +168,6 @@ def write_files(root: Path, files: dict[str, bytes]) -> list[str]:
     return written
 
 
-# --- generations in the rendezvous store -----------------------------------------------------
-def publish(store: Any, files: dict[str, bytes]) -> int:
-    """Put ``files`` in the store as the next generation; returns its number."""
-    payload = json.dumps({rel: base64.b64encode(d).decode() for rel, d in files.items()})
-    gen = int(store.add(GEN_KEY, 0)) + 1
-    store.set(_PAYLOAD_KEY.format(gen), payload)
-    store.add(GEN_KEY, 1)  # published after the payload: a watcher never reads a half
-    return gen
-
-
-def fetch(store: Any, gen: int) -> dict[str, bytes]:
-    """The files of generation ``gen``."""
-    raw = store.get(_PAYLOAD_KEY.format(gen))
-    return {rel: base64.b64decode(d) for rel, d in json.loads(raw).items()}
-
-
 def _system_thread(target: Callable[[], None], name: str) -> threading.Thread:
     t = threading.Thread(target=target, name=name, daemon=True)
     t.pydev_do_not_trace = True  # type: ignore[attr-defined]  # never paused by "pause all"
@@ -148,16 +176,26 @@ def _system_thread(target: Callable[[], None], name: str) -> threading.Thread:
     return t
 
 
+# --- every rank: the watcher --------------------------------------------------------------
 class Watcher:
-    """Every rank: waits for a new generation, applies it, then calls ``on_resume``."""
+    """Every rank: waits for a new signed generation, applies it, then calls ``on_resume``.
 
-    def __init__(self, store: Any, root: Path, on_resume: Callable[[int, list[str]], None],
-                 interval: float = 0.2) -> None:
-        self.store = store
-        self.root = root
+    Generations on the store before the watcher starts belong to an earlier attempt and
+    are never applied. A generation that does not verify (:func:`generation.verify`) is
+    refused with one log line naming the rank and the reason, nothing is written, and
+    the watcher goes on waiting for a real one.
+    """
+
+    def __init__(self, store: Any, root: Path, token: str, scope: Scope,
+                 on_resume: Callable[[int, list[str]], None], interval: float = 0.2,
+                 label: str = "this rank") -> None:
+        self.store, self.root, self.token, self.scope = store, root, token, scope
         self.on_resume = on_resume
         self.interval = interval
-        self.seen = int(store.add(GEN_KEY, 0))  # generations before this attempt are applied
+        self.label = label
+        self.seen = generation.latest(store)  # generations before this attempt: not ours
+        self.not_before = time.time() - generation.CLOCK_SKEW
+        self.refused: list[tuple[int, str]] = []
         self._stop = threading.Event()
 
     def start(self) -> Watcher:
@@ -167,97 +205,166 @@ class Watcher:
     def stop(self) -> None:
         self._stop.set()
 
+    def poll(self) -> tuple[int, list[str]] | None:
+        """Apply the newest valid new generation: (number, files written), or None."""
+        newest = generation.latest(self.store)
+        if newest <= self.seen:
+            return None
+        for gen in range(newest, max(self.seen, newest - WATCH_BACK), -1):
+            raw = generation.payload(self.store, gen)
+            try:
+                if raw is None:
+                    raise GenerationRefused("announced with no payload on the store")
+                files = generation.verify(raw, self.token, self.scope, gen, self.not_before)
+                written = write_files(self.root, files)
+            except (GenerationRefused, ResumeError) as exc:
+                self.refused.append((gen, str(exc)))
+                log.error("fi-dist: %s: resume generation %d REFUSED, nothing written: %s",
+                          self.label, gen, exc)
+                continue
+            self.seen = newest
+            return gen, written
+        self.seen = newest
+        return None
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                gen = int(self.store.add(GEN_KEY, 0))
-                if gen <= self.seen:
-                    continue
-                written = write_files(self.root, fetch(self.store, gen))
+                applied = self.poll()
             except Exception as exc:  # the store is gone with the job: nothing to resume
                 log.debug("resume watcher: %s", exc)
                 if self._stop.wait(1.0):
                     return
                 continue
-            self.seen = gen
-            self.on_resume(gen, written)
-            return
+            if applied is not None:
+                self.on_resume(*applied)
+                return
 
 
 # --- the endpoint on rank 0 of node 0 ---------------------------------------------------------
+def bearer_ok(header: str | None, token: str) -> bool:
+    """``Authorization: Bearer <token>`` with this token (constant-time compare)."""
+    scheme, _, given = (header or "").strip().partition(" ")
+    ok = hmac.compare_digest(given.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and ok
+
+
+class _Handler(BoundedHandler):
+    server: _Server
+    server_version = "fi-dist-resume"
+
+    def _reply(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if code == 401:
+            self.send_header("WWW-Authenticate", 'Bearer realm="fi-dist"')
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        if bearer_ok(self.headers.get("Authorization"), self.server.resume.token):
+            return True
+        self.server.unauthorized.note(f"{self.client_address[0]} {self.command} {self.path}")
+        self._reply(401, {"error": "missing or wrong job token (send 'Authorization: "
+                                   "Bearer <token>')"})
+        return False
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if not self._authorized():
+            return
+        if self.path != "/status":
+            self._reply(404, {"error": f"no such endpoint {self.path}"})
+            return
+        srv = self.server.resume
+        self._reply(200, {"generation": generation.latest(srv.store), **srv.status()})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._authorized():
+            return  # its body is never read
+        if self.path != "/resume":
+            self._reply(404, {"error": f"no such endpoint {self.path}"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self._reply(400, {"error": "bad Content-Length"})
+            return
+        if not 0 <= length <= MAX_BODY:
+            self._reply(413, {"error": f"a resume request carries at most {MAX_BODY} bytes"})
+            return
+        try:
+            body = json.loads(self.rfile.read(length)) if length else {}
+            if not isinstance(body, dict):
+                raise ResumeError("the request body must be a JSON object")
+            self._reply(200, self.server.resume.resume(body.get("files") or {}))
+        except (ResumeError, ValueError, TypeError) as exc:
+            self._reply(400, {"error": str(exc)})
+
+    def _not_allowed(self) -> None:
+        if self._authorized():
+            self._reply(405, {"error": f"{self.command} is not served here"})
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = _not_allowed  # noqa: N815
+
+
+class _Server(BoundedHTTPServer):
+    resume: ResumeServer
+    unauthorized: QuietLog
+
+
 class ResumeServer:
     """HTTP on 127.0.0.1: ``POST /resume`` (optional ``{"files": {path: text}}``), ``GET /status``.
 
-    Every request carries ``Authorization: Bearer <job token>``.
+    Every request carries ``Authorization: Bearer <job token>`` (a bare token is
+    refused), compared in constant time, within ``head_deadline`` seconds of connecting;
+    threads, waiting connections and log lines are bounded (:mod:`boundedhttp`).
     """
 
-    def __init__(self, store: Any, root: Path, token: str, before: dict[str, str],
-                 can_restart: Callable[[], str | None], host: str = "127.0.0.1",
-                 port: int = 0, status: Callable[[], dict[str, Any]] | None = None) -> None:
-        self.store, self.root, self.token, self.before = store, root, token, before
+    def __init__(self, store: Any, root: Path, token: str, scope: Scope,
+                 before: dict[str, str], can_restart: Callable[[], str | None],
+                 host: str = "127.0.0.1", port: int = 0,
+                 status: Callable[[], dict[str, Any]] | None = None,
+                 **limits: Any) -> None:
+        if not token:
+            raise ResumeError("the resume endpoint needs the job token")
+        self.store, self.root, self.token, self.scope = store, root, token, scope
+        self.before = before
         self.can_restart = can_restart
         self.status = status or (lambda: {})
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, fmt: str, *args: Any) -> None:
-                log.debug("resume endpoint: " + fmt, *args)
-
-            def _reply(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _authorized(self) -> bool:
-                given = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                if hmac.compare_digest(given.encode(), server.token.encode()):
-                    return True
-                self._reply(401, {"error": "missing or wrong job token"})
-                return False
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self._authorized():
-                    self._reply(200, {"generation": int(server.store.add(GEN_KEY, 0)),
-                                      **server.status()})
-
-            def do_POST(self) -> None:  # noqa: N802
-                if not self._authorized():
-                    return
-                if self.path != "/resume":
-                    self._reply(404, {"error": f"no such endpoint {self.path}"})
-                    return
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                    body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                    self._reply(200, server.resume(body.get("files") or {}))
-                except (ResumeError, ValueError, TypeError) as exc:
-                    self._reply(400, {"error": str(exc)})
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self._lock = threading.Lock()
+        self.httpd = _Server((host, port), _Handler, log, name="fi-dist-resume", **limits)
+        self.httpd.resume = self
+        self.httpd.unauthorized = QuietLog(log, "request(s) without the job token refused",
+                                           logging.WARNING)
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
 
     def start(self) -> ResumeServer:
-        _system_thread(self.httpd.serve_forever, "fi-dist-resume-server")
+        self.httpd.start(spawn=_system_thread)
         return self
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
+        self.httpd.unauthorized.flush()
 
     def resume(self, edits: dict[str, str]) -> dict[str, Any]:
-        """Write ``edits``, publish every change since the snapshot, return what was shipped."""
+        """Write ``edits``, publish every change since the snapshot, return what was shipped.
+
+        Raises:
+            ResumeError: no restart left, or an edit that is not an allowed source file
+                (nothing is written then).
+        """
         why_not = self.can_restart()
         if why_not:
             raise ResumeError(why_not)
-        if not isinstance(edits, dict):
-            raise ResumeError("'files' must map relative paths to file contents")
-        write_files(self.root, {rel: str(text).encode() for rel, text in edits.items()})
-        files = changed_files(self.root, self.before)
-        gen = publish(self.store, files)
+        if not isinstance(edits, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in edits.items()):
+            raise ResumeError("'files' must map relative paths to file contents (text)")
+        with self._lock:
+            write_files(self.root, {rel: text.encode() for rel, text in edits.items()})
+            files = changed_files(self.root, self.before)
+            gen = generation.publish(self.store, self.token, self.scope, files)
         log.warning("fi-dist: resume generation %d: shipping %d changed file(s) to every rank: %s",
                     gen, len(files), ", ".join(sorted(files)) or "(none)")
         return {"generation": gen, "files": sorted(files)}

@@ -63,9 +63,10 @@ def test_dry_run_without_heavy_clients() -> None:
     out = run_blocked(f"""
         from fi_dist.cli import main
         for launcher in {LAUNCHERS!r}:
+            policy = ["--network-policy"] if launcher == "pytorchjob" else []
             rc = main(["run", "--dry-run", "--launcher", launcher, "--image", "img:1",
                        "--nnodes", "2", "--nproc-per-node", "2", "--master-port",
-                       "0" if launcher == "local" else "29500", "--debug",
+                       "0" if launcher == "local" else "29500", "--debug", *policy,
                        "examples/ddp_train.py", "--", "--steps", "3"])
             assert rc == 0, (launcher, rc)
             print("DONE", launcher, flush=True)

@@ -169,6 +169,7 @@ def test_attach_through_the_kubernetes_port_forward(tmp_path: Path) -> None:
         attachment = launcher.attach(f"default:{name}", local_port=0)
         fwd, config = attachment.forward, attachment.config
         assert fwd is not None
+        assert f"Secret default/{name}-fi-dist-debug" in attachment.token_lifetime
         assert config["name"] == ATTACH_CONFIG_NAME and config["fiDistToken"] == token
         assert config["connect"] == {"host": "127.0.0.1", "port": fwd.local_port}
         assert fwd.local_port != spec.debug.port  # really through the forward

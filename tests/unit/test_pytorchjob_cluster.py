@@ -2,8 +2,9 @@
 
 No Kubernetes API server runs here, so a minimal one does: a thread serving the REST
 paths the launcher uses (create/get/delete custom objects and secrets, list pods,
-pod logs, read the CRD), which serves the *real* PyTorchJob CRD from
-../shared/crds and checks the bearer token from the kubeconfig. The CLI runs
+pod logs, read the CRD, merge-patch an object's metadata), which serves the *real*
+PyTorchJob CRD from ../shared/crds, gives created objects a uid as the apiserver does
+and checks the bearer token from the kubeconfig. The CLI runs
 in-process (``fi_dist.cli.main``) with KUBECONFIG pointing at it.
 """
 
@@ -13,6 +14,7 @@ import base64
 import copy
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,6 +40,17 @@ class Api:
         self.objects: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self.pod_logs: dict[str, str] = {}
+        self.patches: list[tuple[str, str, dict]] = []
+        self.sent: dict[str, dict] = {}  # each created object as the client sent it
+
+
+def merge(target: dict, patch: dict) -> None:
+    """A JSON merge patch (lists replaced), enough for the metadata patches sent here."""
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = value
 
 
 def operator_pod(name: str) -> dict:
@@ -95,8 +108,16 @@ def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
                 name = body["metadata"]["name"]
                 if f"{path}/{name}" in api.objects:
                     return self._status(409, "AlreadyExists")
+                api.sent[f"{path}/{name}"] = copy.deepcopy(body)
+                body["metadata"]["uid"] = str(uuid.uuid4())
                 api.objects[f"{path}/{name}"] = body
                 return self._send(201, body)
+            if method == "PATCH":
+                if path not in api.objects:
+                    return self._status(404, "NotFound")
+                api.patches.append((path, self.headers.get("Content-Type", ""), body))
+                merge(api.objects[path], body)
+                return self._send(200, api.objects[path])
             if method == "GET":
                 if path not in api.objects:
                     return self._status(404, "NotFound")
@@ -116,6 +137,9 @@ def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
 
         def do_DELETE(self) -> None:  # noqa: N802
             self._handle("DELETE")
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            self._handle("PATCH")
 
     return Handler
 
@@ -148,7 +172,7 @@ def test_submit_status_logs_cancel(api: Api, capsys: pytest.CaptureFixture[str])
     assert main(["run", "--config", str(config)]) == 0
     assert "submitted default:ddp-cpu" in capsys.readouterr().out
     expected = get_launcher("pytorchjob").dryrun(load_spec(config)).documents[0]
-    assert api.objects[f"{JOBS}/ddp-cpu"] == expected  # what was validated is what was sent
+    assert api.sent[f"{JOBS}/ddp-cpu"] == expected  # what was validated is what was sent
 
     assert main(["status", "ddp-cpu", "--launcher", "pytorchjob"]) == 0
     assert capsys.readouterr().out.strip() == "default:ddp-cpu: pending (no conditions yet)"
@@ -173,12 +197,19 @@ def test_submit_status_logs_cancel(api: Api, capsys: pytest.CaptureFixture[str])
     assert "not found" in capsys.readouterr().err
 
 
-def test_debug_job_creates_its_secret_first(api: Api) -> None:
+def test_debug_job_creates_its_secret_first_then_owns_it(api: Api) -> None:
+    """The Secret exists before the job (its pods read the token from it when they start)
+    and is then patched to be owned by the created job (its uid), so the garbage collector
+    deletes it with the job."""
     assert main(["run", "--launcher", "pytorchjob", "--image", "img:1", "--name", "dbg",
                  "--debug", "examples/ddp_train.py"]) == 0
-    posts = [p for m, p in api.requests if m == "POST"]
-    assert posts == [SECRETS, JOBS]
+    writes = [(m, p) for m, p in api.requests if m in ("POST", "PATCH")]
+    assert writes == [("POST", SECRETS), ("POST", JOBS), ("PATCH", f"{SECRETS}/dbg-fi-dist-debug")]
+    job_uid = api.objects[f"{JOBS}/dbg"]["metadata"]["uid"]
     secret = api.objects[f"{SECRETS}/dbg-fi-dist-debug"]
+    assert secret["metadata"]["ownerReferences"] == [
+        {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "dbg", "uid": job_uid}]
+    assert "ownerReferences" not in api.sent[f"{SECRETS}/dbg-fi-dist-debug"]["metadata"]
     api.objects[f"{SECRETS}/dbg-fi-dist-debug"] = {
         **secret, "data": {"token": base64.b64encode(
             secret["stringData"]["token"].encode()).decode()}}
@@ -271,3 +302,50 @@ def test_differences_name_each_path() -> None:
     assert differences(sent, sent) == []
     assert differences(sent, {"a": {"b": "1", "c": [1, {}]}, "f": 0}) == [
         "e (dropped)", "f (added)", "a.b (1 -> '1')", "a.c[1].d (dropped)"]
+
+
+NETPOLS = "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies"
+
+
+def test_network_policy_is_created_first_owned_by_the_job_and_cancelled(api: Api) -> None:
+    assert main(["run", "--launcher", "pytorchjob", "--image", "img:1", "--name", "np",
+                 "--nnodes", "2", "--debug", "--network-policy", "examples/ddp_train.py"]) == 0
+    posts = [p for m, p in api.requests if m == "POST"]
+    assert posts == [NETPOLS, SECRETS, JOBS]  # no pod of the job runs before its policy
+    policy = api.objects[f"{NETPOLS}/np-fi-dist"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"fi-dist.io/job": "np"}}
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
+        "fi-dist.io/job": "np"}}}]}]
+    uid = api.objects[f"{JOBS}/np"]["metadata"]["uid"]
+    for path in (f"{NETPOLS}/np-fi-dist", f"{SECRETS}/np-fi-dist-debug"):
+        assert api.objects[path]["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert {path for path, _, _ in api.patches} == {f"{NETPOLS}/np-fi-dist",
+                                                    f"{SECRETS}/np-fi-dist-debug"}
+    assert main(["cancel", "np", "--launcher", "pytorchjob"]) == 0
+    assert not api.objects  # job, Secret and policy
+
+
+def test_a_job_that_cannot_be_created_leaves_no_secret_or_policy(
+        api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    api.objects[f"{JOBS}/dup"] = {"metadata": {"name": "dup", "uid": "1"}}  # 409 on create
+    assert main(["run", "--launcher", "pytorchjob", "--image", "img:1", "--name", "dup",
+                 "--debug", "--network-policy", "examples/ddp_train.py"]) == 2
+    assert "the cluster refused: 409" in capsys.readouterr().err
+    assert set(api.objects) == {f"{JOBS}/dup"}
+    assert ("DELETE", f"{SECRETS}/dup-fi-dist-debug") in api.requests
+
+
+def test_owner_patch_refused_is_a_warning_not_a_failed_submit(
+        api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from kubernetes import client
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise client.exceptions.ApiException(status=403, reason="Forbidden")
+
+    monkeypatch.setattr(client.CoreV1Api, "patch_namespaced_secret", refuse)
+    assert main(["run", "--launcher", "pytorchjob", "--image", "img:1", "--name", "own",
+                 "--debug", "examples/ddp_train.py"]) == 0
+    assert "could not be given its job as owner (Forbidden)" in caplog.text
+    assert f"{SECRETS}/own-fi-dist-debug" in api.objects  # cancel deletes it by name
+    assert main(["cancel", "own", "--launcher", "pytorchjob"]) == 0
+    assert not api.objects

@@ -7,6 +7,7 @@ tests/unit/test_rayjob_dryrun.py`` and review the diff.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from fi_dist import env_vars as ev
-from fi_dist.k8s import operator
+from fi_dist.k8s import networkpolicy, operator
 from fi_dist.k8s.validation import validate
 from fi_dist.launcher import JobState
 from fi_dist.registry import get_launcher
@@ -60,6 +61,9 @@ CASES = {
         script="train.py", name="tiny", image="img:1", nnodes=1, nproc_per_node=2,
         checkpoint_uri="s3://bucket/ckpt")),
     "trainjob_gpu.yaml": ("trainjob", lambda: gpu_spec(nnodes=2, debug=DebugSpec())),
+    "pytorchjob_network_policy.yaml": ("pytorchjob", lambda: JobSpec(
+        script="train.py", name="guarded", image="img:1", nnodes=2, nproc_per_node=2,
+        launcher="pytorchjob", network_policy=True, debug=DebugSpec(enabled=True))),
 }
 
 
@@ -69,8 +73,101 @@ def test_dry_run_snapshot(name: str, crds_dir: Path) -> None:
     text = normalized_yaml(launcher, make())
     check_snapshot(name, text)
     for doc in yaml.safe_load_all(text):
-        if doc["kind"] != "Secret":
+        if doc["kind"] == "NetworkPolicy":
+            assert networkpolicy.check(doc) == []
+            assert v1_round_trip(doc) == doc
+        elif doc["kind"] != "Secret":
             assert validate(doc, crds_dir=crds_dir) is True
+
+
+def v1_round_trip(doc: dict) -> dict:
+    """``doc`` through the kubernetes client's typed model and back to what it would send
+    (a field the model does not know is dropped, a wrong type changes or fails)."""
+    from kubernetes import client
+
+    api = client.ApiClient()
+
+    class Response:
+        data = json.dumps(doc)
+
+    return api.sanitize_for_serialization(api.deserialize(Response(), "V1NetworkPolicy"))
+
+
+def _model_fields(model: str) -> dict[str, str]:
+    """JSON field name -> type name of a kubernetes client model."""
+    from kubernetes import client
+
+    cls = getattr(client, model)
+    return {cls.attribute_map[a]: t for a, t in cls.openapi_types.items()}
+
+
+def _shape_in_model(shape: object, model: str, where: str) -> list[str]:
+    """Fields of ``networkpolicy.SHAPE`` that the model lacks (or types it disagrees on)."""
+    import re
+
+    if model.startswith("list["):
+        inner = re.match(r"list\[(.*)\]", model).group(1)
+        return _shape_in_model(shape[0], inner, where + "[]") if isinstance(shape, list) else [
+            f"{where}: a list in the model"]
+    if model.startswith("dict("):
+        return [] if shape == networkpolicy._STR_MAP else [f"{where}: a map in the model"]
+    if isinstance(shape, dict):
+        if not model.startswith("V1"):
+            return [f"{where}: {model} in the model, an object here"]
+        fields = _model_fields(model)
+        return [e for k, sub in shape.items() for e in (
+            _shape_in_model(sub, fields[k], f"{where}.{k}") if k in fields
+            else [f"{where}.{k}: not a field of {model}"])]
+    # IntOrString ports are `object` in the model; scalars must agree otherwise.
+    ok = {str: ("str",), int: ("int", "object"), bool: ("bool",)}[shape]  # type: ignore[index]
+    return [] if model in ok else [f"{where}: {model} in the model"]
+
+
+def test_network_policy_check_is_a_subset_of_the_v1_model() -> None:
+    """Every field the structural check allows exists, with that type, in V1NetworkPolicy."""
+    assert _shape_in_model(networkpolicy.SHAPE, "V1NetworkPolicy", "") == []
+
+
+def test_network_policy_contract() -> None:
+    spec = CASES["pytorchjob_network_policy.yaml"][1]()
+    policy, secret, job = get_launcher("pytorchjob").dryrun(spec).documents
+    assert [policy["kind"], secret["kind"], job["kind"]] == ["NetworkPolicy", "Secret",
+                                                            "PyTorchJob"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": selector}}]}]
+    # The policy selects every pod of the job, and only the job's pods are its peers.
+    for pod in operator.pods(job):
+        assert selector.items() <= pod.template["metadata"]["labels"].items()
+    assert policy["metadata"]["namespace"] == job["metadata"]["namespace"]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    (("spec", "podSelectr"), {}, "spec.podSelectr: unknown field (did you mean 'podSelector'?)"),
+    (("spec", "policyTypes"), ["Sideways"], "spec.policyTypes[0]: 'Sideways' is not Ingress"),
+    (("spec", "ingress"), [{"ports": [{"port": 70000}]}], "spec.ingress[0].ports[0].port: 70000"),
+    (("spec", "ingress"), [{"ports": [{"port": "80"}]}], "'80' is not of type int"),
+    (("metadata", "name"), "Bad_Name", "metadata.name: 'Bad_Name' is not a DNS-1123"),
+])
+def test_network_policy_check_names_the_field(path: tuple, value: object, message: str) -> None:
+    spec = CASES["pytorchjob_network_policy.yaml"][1]()
+    policy = get_launcher("pytorchjob").dryrun(spec).documents[0]
+    policy[path[0]][path[1]] = value
+    assert any(message in e for e in networkpolicy.check(policy)), networkpolicy.check(policy)
+
+
+def test_network_policy_needs_the_pytorchjob_launcher(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from fi_dist.cli import main
+    from fi_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="network_policy: only the pytorchjob launcher"):
+        JobSpec(script="t.py", network_policy=True)
+    assert main(["run", "--network-policy", "--dry-run", "examples/ddp_train.py"]) == 2
+    assert "network_policy: only the pytorchjob launcher" in capsys.readouterr().err
+    assert main(["run", "--launcher", "pytorchjob", "--image", "i:1", "--network-policy",
+                 "--dry-run", "examples/ddp_train.py"]) == 0
+    assert "kind: NetworkPolicy" in capsys.readouterr().out
 
 
 def test_manifest_contract() -> None:
