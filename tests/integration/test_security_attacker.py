@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fi_dist_cmd
 from fi_dist.runtime import generation, resume
+from tests.support.cli import fi_dist_cmd
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
