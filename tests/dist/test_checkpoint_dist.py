@@ -113,7 +113,8 @@ def test_sigterm_on_one_rank_all_ranks_save_same_step_and_resume_bit_exact(tmp_p
     assert pre[0]["seen_in_step"] is True
     complete, rejected = layout.scan(Storage(str(ckpt)))
     assert [c.step for c in complete] == [4] and not rejected
-    assert {"model.pt", "optimizer.pt", "rank-00000.pt", "rank-00001.pt"} <= set(
+    assert {"model.safetensors", "optimizer.safetensors", "rank-00000.safetensors",
+            "rank-00001.safetensors"} <= set(
         complete[0].manifest.files)
     assert complete[0].manifest.meta["reason"] == "preemption"
 

@@ -88,8 +88,8 @@ def test_fsdp2_periodic_sharded_save_crash_resume_bit_exact(tmp_path: Path) -> N
             assert m.mode == "sharded" and m.meta["reason"] == "periodic"
             dcp_files = {f for f in m.files if f.startswith("dcp/")}
             assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp"} <= dcp_files, m.files
-            assert {"rank-00000.pt", "rank-00001.pt"} <= set(m.files)
-            assert "model.pt" not in m.files  # sharded state is never gathered onto rank 0
+            assert {"rank-00000.safetensors", "rank-00001.safetensors"} <= set(m.files)
+            assert "model.safetensors" not in m.files  # sharded state is never gathered onto rank 0
 
         post_procs = start_ranks(tmp_path, "post", ckpt, 2, "--total", "8", worker=WORKER)
         procs += post_procs
