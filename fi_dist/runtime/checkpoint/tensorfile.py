@@ -8,7 +8,8 @@ The header is safetensors' own (``{name: {dtype, shape, data_offsets}, "__metada
 {...}}``), so any safetensors reader opens the file; fi-dist adds one metadata entry,
 ``fi_dist.tree``: the saved object's structure (dicts with their key types, lists, tuples,
 numbers, strings, an ``OrderedDict``'s ``_metadata``) as tagged JSON in which each tensor
-is a reference to its entry. A model's state dict keeps its own keys as tensor names.
+(and each numeric numpy array or scalar) is a reference to its entry. A model's state
+dict keeps its own keys as tensor names.
 
 Writing: the header, then each tensor's bytes from its own storage (no serialisation
 copy, large sequential writes). Reading: the header, then each tensor read into freshly
@@ -24,6 +25,7 @@ import base64
 import io
 import json
 import struct
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -58,6 +60,19 @@ def _is_plain_tensor(obj: Any) -> bool:
             and not obj.is_quantized)
 
 
+def _numpy_tensor(obj: Any) -> torch.Tensor | None:
+    """A tensor sharing the memory of a numeric numpy array or scalar, else None."""
+    np = sys.modules.get("numpy")  # never imported here: only objects that exist count
+    if np is None or not isinstance(obj, np.ndarray | np.generic) or obj.dtype.kind not in "biuf":
+        return None
+    a = np.asarray(obj)  # a scalar becomes a 0-d array (ascontiguousarray would make it 1-d)
+    try:
+        t = torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+    except TypeError:  # a numpy dtype torch lacks
+        return None
+    return t if t.dtype in DTYPES else None
+
+
 class _Encoder:
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
@@ -76,6 +91,11 @@ class _Encoder:
             name = self.name_for(path)
             self.tensors[name] = obj
             return {"t": name}
+        arr = _numpy_tensor(obj)
+        if arr is not None:  # numpy arrays "n", numpy scalars "g"
+            name = self.name_for(path)
+            self.tensors[name] = arr
+            return {"n" if type(obj).__name__ == "ndarray" else "g": name}
         if type(obj) in (dict, OrderedDict):
             out: dict[str, Any] = {"d": [[self.encode(k, ()), self.encode(v, (*path, k))]
                                          for k, v in obj.items()]}
@@ -113,16 +133,18 @@ def decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return tree
     if type(tree) is not dict or len(tree.keys() - {"o", "m"}) != 1:
         raise FormatError(f"bad tree node {str(tree)[:80]!r}")
-    if "t" in tree:
-        try:
-            return tensors[tree["t"]]
-        except KeyError:
-            raise FormatError(f"tree refers to a missing tensor {tree['t']!r}") from None
+    for tag in ("t", "n", "g"):
+        if tag in tree:
+            try:
+                t = tensors[tree[tag]]
+            except (KeyError, TypeError):
+                raise FormatError(f"tree refers to a missing tensor {tree[tag]!r}") from None
+            return t if tag == "t" else t.numpy() if tag == "n" else t.numpy()[()]
     if "d" in tree:
         out: dict[Any, Any] = OrderedDict() if tree.get("o") else {}
         for k, v in tree["d"]:
             out[decode(k, tensors)] = decode(v, tensors)
-        if "m" in tree:
+        if "m" in tree and isinstance(out, OrderedDict):
             out._metadata = decode(tree["m"], tensors)  # type: ignore[attr-defined]
         return out
     if "l" in tree:
