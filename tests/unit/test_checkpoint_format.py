@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import shutil
@@ -26,7 +25,6 @@ from fi_dist.runtime.checkpoint.hashing import (
 )
 from fi_dist.runtime.checkpoint.loader import read_file
 from fi_dist.runtime.checkpoint.progress import Meter
-from fi_dist.runtime.checkpoint.sharded import HashingFileSystem, writer_rank
 from fi_dist.runtime.checkpoint.staging import HostStaging
 from fi_dist.runtime.checkpoint.storage import Storage
 from fi_dist.runtime.heartbeat import Heartbeat
@@ -259,21 +257,40 @@ def test_progress_meter_reports_lines_and_heartbeat(tmp_path: Path) -> None:
     assert quiet == []  # a short operation says nothing
 
 
-def test_dcp_file_system_wrapper_hashes_streams_and_follows_renames(tmp_path: Path) -> None:
-    from torch.distributed.checkpoint.filesystem import FileSystem
+def test_dcp_shard_files_round_trip_through_fi_dist_storage(tmp_path: Path) -> None:
+    """One process (DCP without a process group): raw aligned pieces, hashed as written."""
+    import torch.distributed.checkpoint as dcp
 
-    fs = HashingFileSystem(FileSystem())
-    with fs.create_stream(tmp_path / "__1_0.distcp", "wb") as s:
-        torch.save(torch.arange(10), s)
-        s.write(b"tail")
-    with fs.create_stream(tmp_path / ".metadata.tmp", "wb") as s:
-        s.write(b"meta")
-    fs.rename(tmp_path / ".metadata.tmp", tmp_path / ".metadata")
-    assert set(fs.entries) == {"__1_0.distcp", ".metadata"}
-    for name, e in fs.entries.items():
-        data = (tmp_path / name).read_bytes()
+    from fi_dist.runtime.checkpoint.dcp_storage import ALIGN, ShardReader, ShardWriter
+
+    storage = Storage(str(tmp_path))
+    state = {"w": torch.randn(33, 7), "b": torch.randn(5).bfloat16(), "n": torch.tensor(3),
+             "extra": {"epoch": 4, "name": "x"}}
+    writer = ShardWriter(storage, f"{tmp_path}/dcp", threads=2)
+    dcp.save(state, storage_writer=writer, no_dist=True)
+    assert set(writer.entries) == {".metadata", "__0_0.distcp", "__0_1.distcp"}
+    for name, e in writer.entries.items():
+        data = (tmp_path / "dcp" / name).read_bytes()
         assert (e.size, e.digest) == (len(data), xxhash.xxh3_128(data).hexdigest())
-    assert fs.exists(tmp_path / ".metadata")  # everything else is the wrapped object's
-    assert writer_rank("dcp/__1_0.distcp") == 1 and writer_rank("dcp/.metadata") == 0
-    assert torch.equal(torch.load(io.BytesIO((tmp_path / "__1_0.distcp").read_bytes()[:-4])),
-                       torch.arange(10))
+    md = dcp.FileSystemReader(f"{tmp_path}/dcp").read_metadata()
+    assert all(info[1] % ALIGN == 0 for info in md.storage_data.values())
+
+    target = {"w": torch.zeros(33, 7), "b": torch.zeros(5).bfloat16(), "n": torch.tensor(0),
+              "extra": {"epoch": 0, "name": ""}}
+    # One image handed in (as the loader does after verifying), the rest read on demand.
+    images = {"__0_0.distcp": torch.frombuffer(
+        bytearray((tmp_path / "dcp" / "__0_0.distcp").read_bytes()), dtype=torch.uint8)}
+    dcp.load(target, storage_reader=ShardReader(storage, f"{tmp_path}/dcp", images,
+                                                writer.entries), no_dist=True)
+    for k in ("w", "b", "n"):
+        assert torch.equal(target[k], state[k])
+    assert target["extra"] == {"epoch": 4, "name": "x"}
+
+    shard = tmp_path / "dcp" / "__0_1.distcp"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(BaseException) as info:  # DCP wraps what a reader raises
+        dcp.load(target, storage_reader=ShardReader(storage, f"{tmp_path}/dcp", {},
+                                                    writer.entries), no_dist=True)
+    assert "__0_1.distcp: checksum mismatch" in "".join(map(str, info.value.args)) + str(info.value)

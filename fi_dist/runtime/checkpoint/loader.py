@@ -95,7 +95,8 @@ def _read_candidate(storage: Storage, state: TrainState, ranks: Ranks,
         if state.optimizer is not None:
             wanted["optimizer"] = _find(m, pre, "optimizer")
     else:
-        # DCP reads the shards itself; each rank verifies its share of them first.
+        # Each rank reads and verifies its share of the shard files before the ranks
+        # agree; format 2 keeps the images for DCP to load from, format 1 only checks.
         verify_only = [n for n in m.files if n.startswith(f"{pre}{sharded.DIRNAME}/")
                        and sharded.writer_rank(n) % ranks.world_size == ranks.rank]
     if state.scheduler is not None:
@@ -116,27 +117,32 @@ def _read_candidate(storage: Storage, state: TrainState, ranks: Ranks,
     def one(job: tuple[str, str]) -> tuple[str, Any]:
         key, name = job
         path = f"{cand.path}/{name}"
-        if key == "verify":
+        if key == "shard" and m.format >= 2:
+            return name, sharded.read_image(storage, path, m.files[name], meter.add)
+        if key == "shard":
             sharded.verify_file(storage, path, m.files[name], meter)
-            return key, None
+            return name, None
         return key, read_file(storage, path, m.files[name], meter)
 
-    jobs = sorted([*names.items(), *(("verify", n) for n in verify_only)],
+    jobs = sorted([*names.items(), *(("shard", n) for n in verify_only)],
                   key=lambda j: m.files[j[1]].size, reverse=True)
     if threads > 1 and len(jobs) > 1:
         with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="fi-dist-read") as pool:
-            loaded = dict(pool.map(one, jobs))
+            results = dict(pool.map(one, jobs))
     else:
-        loaded = dict(map(one, jobs))
-    loaded.pop("verify", None)
+        results = dict(map(one, jobs))
     meter.finish()
+    loaded = {k: results.pop(k) for k in list(results) if k in wanted}
+    lead = f"{pre}{sharded.DIRNAME}/"
+    loaded["shard_images"] = {n[len(lead):]: v for n, v in results.items() if v is not None}
     return loaded
 
 
 def _apply(storage: Storage, state: TrainState, cand: layout.Candidate,
            loaded: dict[str, Any]) -> None:
     if cand.manifest.mode == "sharded":
-        sharded.load(storage, state, f"{cand.path}/{_prefix(cand)}{sharded.DIRNAME}")
+        sharded.load(storage, state, f"{cand.path}/{_prefix(cand)}{sharded.DIRNAME}",
+                     cand.manifest, _prefix(cand), loaded["shard_images"])
     else:
         state.module.load_state_dict(loaded["model"])
         if "optimizer" in loaded:

@@ -164,15 +164,12 @@ class Checkpointer:
         else:
             workdir, prefix = final, f"{self.nonce}/"
         meta = {"reason": reason, "time": time.time(), "prefix": prefix}
-        extra: dict[str, layout.FileEntry] = {}
-        if self.sharded:
-            extra = sharded.save(self.storage, self.state, self.rank, workdir, prefix,
-                                 self.cfg.io_threads or 1)
+        threads = self.cfg.io_threads or 1
         # A blocking save stalls the loop anyway: write the live host state, skip the copy.
         files = self._host_files(copy=not (block or self.sharded))
         plan = writer.SavePlan(step, self.rank, self.world_size, self.nonce, workdir, final,
-                               files, "sharded" if self.sharded else "replicated", meta, extra,
-                               prefix, self.cfg.io_threads or 1)
+                               files, "sharded" if self.sharded else "replicated", meta,
+                               prefix, threads)
         self.stall_seconds = time.perf_counter() - t0
         copy_seconds = self.stall_seconds
 
@@ -180,7 +177,11 @@ class Checkpointer:
             writer.run_save(self.storage, self.exchange, plan, self._retention)
 
         if block or self.sharded:
-            writer.run_save(self.storage, self.exchange, plan)
+            # Sharded state goes through DCP (collective, on this thread) while this
+            # rank's own files are written beside it.
+            alongside = (lambda: sharded.save(self.storage, self.state, workdir, prefix,
+                                              threads)) if self.sharded else None
+            writer.run_save(self.storage, self.exchange, plan, alongside=alongside)
             writer.wait_committed(self.exchange, self.nonce, step, self.cfg.commit_timeout)
             self.save_seconds = time.perf_counter() - t0
             self.stall_seconds = self.save_seconds

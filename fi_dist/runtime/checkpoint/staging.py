@@ -20,6 +20,8 @@ import torch
 
 log = logging.getLogger("fi_dist.checkpoint")
 
+_IMMUTABLE = (bool, int, float, complex, str, bytes)
+
 
 class HostStaging:
     """Reused host buffers for snapshots of (nested) state."""
@@ -41,6 +43,8 @@ class HostStaging:
 
         Call :meth:`sync` before reading the result (device copies are asynchronous).
         """
+        if obj is None or type(obj) in _IMMUTABLE:
+            return obj
         if isinstance(obj, torch.Tensor):
             t = obj.detach()
             if t.device.type == "cpu" and not copy_host:
@@ -50,8 +54,8 @@ class HostStaging:
             items = [(k, self.snapshot(v, (*key, k), copy_host)) for k, v in obj.items()]
             out = dict(items) if type(obj) is dict else type(obj)(items)
             meta = getattr(obj, "_metadata", None)
-            if meta is not None:
-                out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+            if meta is not None:  # state_dict() makes a new one per call: share it
+                out._metadata = meta  # type: ignore[attr-defined]
             return out
         if isinstance(obj, list | tuple):
             vals = [self.snapshot(v, (*key, i), copy_host) for i, v in enumerate(obj)]

@@ -47,8 +47,6 @@ class SavePlan:
     """File name (relative to ``workdir``) -> host-memory state for a tensor file."""
     mode: str = "replicated"
     meta: dict[str, Any] = field(default_factory=dict)
-    extra_entries: dict[str, layout.FileEntry] = field(default_factory=dict)
-    """Files this rank already wrote another way (its DCP shards) that the manifest lists."""
     prefix: str = ""
     """Subdirectory of ``final`` the files live in on object stores (see layout)."""
     threads: int = 1
@@ -130,11 +128,22 @@ def write_files(storage: Storage, plan: SavePlan) -> dict[str, layout.FileEntry]
 
 
 def run_save(storage: Storage, exchange: PartExchange, plan: SavePlan,
-             retention: Callable[[], None] | None = None) -> None:
-    """Steps 1-3 of the protocol for this rank; raises what went wrong here."""
+             retention: Callable[[], None] | None = None,
+             alongside: Callable[[], dict[str, layout.FileEntry]] | None = None) -> None:
+    """Steps 1-3 of the protocol for this rank; raises what went wrong here.
+
+    Args:
+        alongside: more files to write on this thread while the plan's files are written
+            on a helper (DCP's collective save); returns their manifest entries.
+    """
     try:
-        entries = {**plan.extra_entries, **write_files(storage, plan)}
-        part: dict[str, Any] = {k: e.to_json() for k, e in entries.items()}
+        if alongside is None:
+            written = write_files(storage, plan)
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="fi-dist-write") as pool:
+                own = pool.submit(write_files, storage, plan)
+                written = {**alongside(), **own.result()}
+        part: dict[str, Any] = {k: e.to_json() for k, e in written.items()}
     except BaseException as exc:
         exchange.set(part_key(plan.nonce, plan.step, plan.rank),
                      json.dumps({"__error__": f"rank {plan.rank}: {type(exc).__name__}: {exc}"}))
