@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -119,3 +120,28 @@ def test_fsdp2_periodic_sharded_save_crash_resume_bit_exact(tmp_path: Path) -> N
     assert [r["start"] for r in again] == [6, 6]
     assert f"{shard}: checksum mismatch" in again[0]["log"]
     assert [r["checksum"] for r in again] == [r["checksum"] for r in ref]
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ckpt_format1_sharded" / "ckpt"
+
+
+@pytest.mark.timeout(150)
+def test_format1_sharded_checkpoint_of_the_old_code_resumes_bit_exact(tmp_path: Path) -> None:
+    """Written by the format-1 package (DCP's own files, sha256): DCP's reader loads it."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE, ckpt)
+    procs: list[subprocess.Popen] = []
+    try:
+        ref_procs = start_ranks(tmp_path, "ref", tmp_path / "ref-ckpt", 2, "--total", "4",
+                                worker=WORKER)
+        post_procs = start_ranks(tmp_path, "post", ckpt, 2, "--total", "4", worker=WORKER)
+        procs += ref_procs + post_procs
+        ref = finish(ref_procs, tmp_path, "ref", timeout=120)
+        post = finish(post_procs, tmp_path, "post", timeout=120)
+    finally:
+        _reap(procs)
+    assert [r["exitcode"] for r in ref + post] == [0, 0, 0, 0], post[0]["log"][-2000:]
+    assert [r["start"] for r in post] == [2, 2]
+    assert [r["checksum"] for r in post] == [r["checksum"] for r in ref]
+    complete, _ = layout.scan(Storage(str(ckpt)))
+    assert [(c.step, c.manifest.format) for c in complete] == [(4, 2), (2, 1)]
