@@ -242,7 +242,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     idle = read_node_idle(run)  # nodes/<k>.idle.json, written by each node's culler
     rows = [{"rank": r, "node": d.get("node"), "pid": d.get("pid"),
-             "state": _rank_state(d, now), **{k: d[k] for k in d if k.startswith("idle")},
+             "state": _rank_state(d, now), **{k: d[k] for k in d if k.startswith(("idle", "checkpoint"))},
              **({"idle": idle[d["node"]]["phase"], "idle_for": idle[d["node"]]["idle_for"]}
                 if d.get("node") in idle else {})}
             for r, d in sorted(ranks.items())]
@@ -255,6 +255,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{'rank':>4}  {'node':>4}  {'pid':>7}  state")
     for row in rows:
         extra = f"  [idle: {row['idle']}, {row['idle_for']:.0f}s]" if "idle" in row else ""
+        if (c := row.get("checkpoint")) and isinstance(c, dict) and not c.get("done"):
+            extra += (f"  [checkpoint {c.get('op')} step {c.get('step')}: {c.get('bytes', 0) >> 20}"
+                      f"/{c.get('total', 0) >> 20} MiB, {c.get('mib_s', 0):.0f} MiB/s]")
         print(f"{row['rank']:>4}  {row['node']:>4}  {row['pid']:>7}  {row['state']}{extra}")
     return 0
 

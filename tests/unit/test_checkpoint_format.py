@@ -294,3 +294,19 @@ def test_dcp_shard_files_round_trip_through_fi_dist_storage(tmp_path: Path) -> N
         dcp.load(target, storage_reader=ShardReader(storage, f"{tmp_path}/dcp", {},
                                                     writer.entries), no_dist=True)
     assert "__0_1.distcp: checksum mismatch" in "".join(map(str, info.value.args)) + str(info.value)
+
+
+def test_status_shows_a_checkpoint_in_progress(tmp_path: Path, monkeypatch, capsys) -> None:
+    import argparse
+    import os
+
+    from fi_dist import cli, rundir
+
+    monkeypatch.chdir(tmp_path)
+    run = rundir.create_run(tmp_path)
+    run.write_run({"job_state": "running"})
+    beat = Heartbeat(run, rank=0, min_interval=0.0)
+    run.write_rank(0, node=0, pid=os.getpid(), state="running")
+    Meter("save", 40, 1 << 30, rank=0, interval=0.0, out=lambda _: None, beat=beat).add(512 << 20)
+    assert cli.cmd_status(argparse.Namespace(job=None, json=False)) == 0
+    assert "[checkpoint save step 40: 512/1024 MiB," in capsys.readouterr().out
