@@ -275,25 +275,28 @@ def test_dcp_shard_files_round_trip_through_fi_dist_storage(tmp_path: Path) -> N
     md = dcp.FileSystemReader(f"{tmp_path}/dcp").read_metadata()
     assert all(info[1] % ALIGN == 0 for info in md.storage_data.values())
 
-    target = {"w": torch.zeros(33, 7), "b": torch.zeros(5).bfloat16(), "n": torch.tensor(0),
-              "extra": {"epoch": 0, "name": ""}}
-    # One image handed in (as the loader does after verifying), the rest read on demand.
-    images = {"__0_0.distcp": torch.frombuffer(
-        bytearray((tmp_path / "dcp" / "__0_0.distcp").read_bytes()), dtype=torch.uint8)}
-    dcp.load(target, storage_reader=ShardReader(storage, f"{tmp_path}/dcp", images,
-                                                writer.entries), no_dist=True)
-    for k in ("w", "b", "n"):
-        assert torch.equal(target[k], state[k])
-    assert target["extra"] == {"epoch": 4, "name": "x"}
+    meta = (tmp_path / "dcp" / ".metadata").read_bytes()
+    shards = {"__0_0.distcp", "__0_1.distcp"}
+    for mine in (shards, set()):
+        # Own files are streamed (and verified); others' pieces are read as byte ranges.
+        target = {"w": torch.zeros(33, 7), "b": torch.zeros(5).bfloat16(),
+                  "n": torch.tensor(0), "extra": {"epoch": 0, "name": ""}}
+        seen: list[int] = []
+        reader = ShardReader(storage, f"{tmp_path}/dcp", writer.entries, mine, meta, seen.append)
+        dcp.load(target, storage_reader=reader, no_dist=True)
+        for k in ("w", "b", "n"):
+            assert torch.equal(target[k], state[k])
+        assert target["extra"] == {"epoch": 4, "name": "x"}
+        assert sum(seen) == (sum(writer.entries[n].size for n in shards) if mine else 0)
 
     shard = tmp_path / "dcp" / "__0_1.distcp"
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
     with pytest.raises(BaseException) as info:  # DCP wraps what a reader raises
-        dcp.load(target, storage_reader=ShardReader(storage, f"{tmp_path}/dcp", {},
-                                                    writer.entries), no_dist=True)
-    assert "__0_1.distcp: checksum mismatch" in "".join(map(str, info.value.args)) + str(info.value)
+        dcp.load(target, storage_reader=ShardReader(storage, f"{tmp_path}/dcp", writer.entries,
+                                                    shards, meta), no_dist=True)
+    assert "__0_1.distcp: checksum mismatch" in str(info.value)
 
 
 def test_status_shows_a_checkpoint_in_progress(tmp_path: Path, monkeypatch, capsys) -> None:

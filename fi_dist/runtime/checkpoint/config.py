@@ -54,8 +54,9 @@ class CheckpointConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     """Passed to fsspec (e.g. ``client_kwargs={"endpoint_url": ...}`` for s3://)."""
     io_threads: int | None = None
-    """Files a rank writes or reads at once, and DCP's writer threads; None: a quarter of
-    the CPUs this process may use, between 1 and 4 (the loop keeps the rest)."""
+    """Files a rank writes at once, and DCP's writer threads; None: a quarter of the CPUs
+    this process may use, between 1 and 4 (the loop keeps the rest). A resume reads at
+    least 4 files at once (the loop is not running yet)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.every, int) or self.every < 0:

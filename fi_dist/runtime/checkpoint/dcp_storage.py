@@ -11,8 +11,9 @@ a raw write and three copies per load here. This layer:
   64-byte aligned offset, through the same hashing, writeback-hinting stream as tensor
   files; ``.metadata`` is DCP's pickled plan whose ``storage_data`` per piece is a plain
   tuple ``(file, offset, length, dtype, shape)``;
-* reads from file images a rank has already read and verified (see the loader), so a
-  load is one disk read, checksummed on the way, and one copy into the live shards.
+* streams each rank's own files straight into the live shards, checksummed on the way
+  (a load costs what a plain read of the same files costs); a damaged file fails the
+  load on every rank alike (see :class:`ShardReader`).
 
 Format-1 checkpoints (DCP's own files) are loaded by DCP's own reader.
 """
@@ -35,13 +36,12 @@ from torch.distributed.checkpoint import (
     StorageReader,
     StorageWriter,
 )
-from torch.distributed.checkpoint.planner import LoadItemType, WriteItem, WriteItemType
+from torch.distributed.checkpoint.planner import LoadItemType, ReadItem, WriteItem, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from fi_dist.runtime.checkpoint import layout, tensorfile
-from fi_dist.runtime.checkpoint.hashing import HashingWriter
-from fi_dist.runtime.checkpoint.sharded import read_image
+from fi_dist.runtime.checkpoint.hashing import HashingReader, HashingWriter
 from fi_dist.runtime.checkpoint.storage import Storage
 
 METADATA = ".metadata"
@@ -150,37 +150,40 @@ def _write_item(w: HashingWriter, name: str, item: WriteItem, data: Any) -> Writ
 
 
 class ShardReader(StorageReader):
-    """Reads a format-2 DCP save from file images already read and verified.
+    """Reads a format-2 DCP save, streaming this rank's own files into the live shards.
+
+    Each file this rank owns is read once, front to back, with large reads that land
+    directly in the target shards (one copy, as a plain read), hashed on the way and
+    checked against the manifest at its end; a mismatch raises inside ``read_data``,
+    which DCP reports on every rank alike, so the ranks still move on together. Pieces
+    a rank needs from a file another rank owns (a replicated value DCP saved once) are
+    read as byte ranges: that file's owner verifies all of it in the same load.
 
     Args:
         storage: where the files are.
         path: the save's directory.
-        images: base name -> the file's bytes (a uint8 tensor), for the files this rank
-            read while verifying; any other file is read (and verified) when needed.
-        entries: base name -> manifest entry, to verify what is read here.
+        entries: base name -> manifest entry of every file of the save.
+        mine: the files this rank streams and verifies.
+        metadata: the ``.metadata`` bytes, already read and verified.
+        on_bytes: progress callback (bytes streamed).
     """
 
-    def __init__(self, storage: Storage, path: str, images: dict[str, torch.Tensor],
-                 entries: dict[str, layout.FileEntry]) -> None:
+    def __init__(self, storage: Storage, path: str, entries: dict[str, layout.FileEntry],
+                 mine: set[str], metadata: bytes, on_bytes: Any = None) -> None:
         super().__init__()
         self.storage = storage
         self.path = path
-        self.images = dict(images)
         self.entries = entries
+        self.mine = mine
+        self.metadata_bytes = metadata
+        self.on_bytes = on_bytes
         self.storage_data: dict[Any, Any] = {}
 
     def reset(self, checkpoint_id: Any = None) -> None:
         pass
 
-    def _image(self, name: str) -> torch.Tensor:
-        if name not in self.images:
-            self.images[name] = read_image(self.storage, f"{self.path}/{name}",
-                                           self.entries[name])
-        return self.images[name]
-
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        image = self._image(METADATA)
-        return pickle.load(io.BytesIO(image.numpy().tobytes()))
+        return pickle.loads(self.metadata_bytes)
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any,
                               **kwargs: Any) -> None:
@@ -193,26 +196,99 @@ class ShardReader(StorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        by_file: dict[str, list[ReadItem]] = {}
         for req in plan.items:
-            name, offset, length, dtype, shape = self.storage_data[req.storage_index]
-            raw = self._image(name)[offset:offset + length]
-            if req.type == LoadItemType.BYTE_IO:
-                planner.load_bytes(req, io.BytesIO(raw.numpy().tobytes()))
-                continue
-            src = raw.view(tensorfile.BY_NAME[dtype]).reshape(shape)
-            for dim, (start, n) in enumerate(zip(req.storage_offsets, req.lengths, strict=True)):
-                if start != 0 or n != src.size(dim):
-                    src = src.narrow(dim, start, n)
-            target = planner.resolve_tensor(req).detach()
-            if target.size() != src.size():
-                raise layout.CheckpointError(f"{req.storage_index.fqn}: stored piece "
-                                             f"{tuple(src.size())} != target {tuple(target.size())}")
-            target.copy_(src)
-            planner.commit_tensor(req, target)
+            by_file.setdefault(self.storage_data[req.storage_index][0], []).append(req)
+        for name in sorted(set(by_file) | self.mine):
+            reqs = sorted(by_file.get(name, []), key=lambda r: self.storage_data[r.storage_index][1])
+            if name in self.mine:
+                self._stream(name, reqs, planner)
+            else:
+                for req in reqs:
+                    self._serve(req, planner, self._range(name, req))
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut
 
+    def _stream(self, name: str, reqs: list[ReadItem], planner: LoadPlanner) -> None:
+        path, entry = f"{self.path}/{name}", self.entries[name]
+        late: list[ReadItem] = []
+        pickled: list[tuple[ReadItem, bytes]] = []
+        try:
+            with self.storage.open_read(path) as f:
+                r = HashingReader(f, entry.algo, self.on_bytes)
+                try:
+                    for req in reqs:
+                        offset, length = self.storage_data[req.storage_index][1:3]
+                        if offset < r.size:  # a piece read twice (resharding): see below
+                            late.append(req)
+                            continue
+                        r.skip(offset - r.size)  # alignment padding, pieces for others
+                        if req.type == LoadItemType.BYTE_IO:
+                            # Decoded only once the whole file checked out.
+                            pickled.append((req, r.read_exact(length)))
+                        else:  # raw bytes into the target: nothing is interpreted yet
+                            self._serve(req, planner, None, r)
+                    r.drain()
+                    eof = r.at_eof()
+                finally:
+                    digest = r.hexdigest()
+        except FileNotFoundError:
+            raise layout.CheckpointCorruptError(f"{path}: missing") from None
+        except EOFError:
+            raise layout.CheckpointCorruptError(f"{path}: shorter than its manifest entry") from None
+        layout.check(entry, r.size if eof else r.size + 1, digest, path)
+        for req, data in pickled:
+            planner.load_bytes(req, io.BytesIO(data))
+        for req in late:  # the file is verified now
+            self._serve(req, planner, self._range(name, req))
+
+    def _range(self, name: str, req: ReadItem) -> torch.Tensor:
+        _, offset, length, _, _ = self.storage_data[req.storage_index]
+        if name not in self.entries or offset + length > self.entries[name].size:
+            raise layout.CheckpointCorruptError(
+                f"{self.path}/{name}: no bytes {offset}..{offset + length} in the manifest")
+        out = torch.empty(length, dtype=torch.uint8)
+        with self.storage.open_read(f"{self.path}/{name}") as f:
+            f.seek(offset)
+            if f.readinto(out.numpy()) != length:  # type: ignore[attr-defined]
+                raise layout.CheckpointCorruptError(f"{self.path}/{name}: shorter than its "
+                                                    "manifest entry")
+        return out
+
+    def _serve(self, req: ReadItem, planner: LoadPlanner, raw: torch.Tensor | None,
+               r: HashingReader | None = None) -> None:
+        """Hand one piece to DCP: from ``raw`` bytes, or read from ``r`` (into the target
+        itself when the piece is whole and the target a plain CPU tensor)."""
+        _, _, length, dtype_name, shape = self.storage_data[req.storage_index]
+        if req.type == LoadItemType.BYTE_IO:  # only from a range read (see _stream)
+            planner.load_bytes(req, io.BytesIO(raw.numpy().tobytes()))  # type: ignore[union-attr]
+            return
+        dtype = tensorfile.BY_NAME[dtype_name]
+        target = planner.resolve_tensor(req).detach()
+        whole = (all(o == 0 for o in req.storage_offsets)
+                 and list(req.lengths) == list(shape) == list(target.shape))
+        if (r is not None and whole and target.device.type == "cpu" and target.dtype == dtype
+                and target.is_contiguous()):
+            if r.readinto(target.reshape(-1).view(torch.uint8).numpy()) != length:
+                raise EOFError
+            planner.commit_tensor(req, target)
+            return
+        if r is not None:
+            raw = torch.empty(length, dtype=torch.uint8)
+            if r.readinto(raw.numpy()) != length:
+                raise EOFError
+        src = raw.view(dtype).reshape(shape)  # type: ignore[union-attr]
+        for dim, (start, n) in enumerate(zip(req.storage_offsets, req.lengths, strict=True)):
+            if start != 0 or n != src.size(dim):
+                src = src.narrow(dim, start, n)
+        if target.size() != src.size():
+            raise layout.CheckpointError(f"{req.storage_index.fqn}: stored piece "
+                                         f"{tuple(src.size())} != target {tuple(target.size())}")
+        target.copy_(src)
+        planner.commit_tensor(req, target)
+
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
         return False
+

@@ -238,6 +238,22 @@ class HashingReader:
         while self.readinto(bufs[i % 2]) == chunk:
             i += 1
 
+    def skip(self, n: int, chunk: int = 8 << 20) -> None:
+        """Read (and hash) the next ``n`` bytes, keeping none of them.
+
+        Raises:
+            EOFError: the file ends first.
+        """
+        size = min(n, chunk)
+        bufs = (bytearray(size), bytearray(size))
+        i = 0
+        while n > 0:
+            buf = memoryview(bufs[i % 2])[:min(n, size)]
+            if self.readinto(buf) != buf.nbytes:
+                raise EOFError(f"file ends {n} bytes early")
+            n -= buf.nbytes
+            i += 1
+
     def at_eof(self) -> bool:
         return _read_full(self.f, memoryview(bytearray(1))) == 0
 

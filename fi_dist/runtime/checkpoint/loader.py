@@ -28,6 +28,8 @@ from fi_dist.runtime.checkpoint.storage import Storage
 log = logging.getLogger("fi_dist.checkpoint")
 
 LEGACY_SUFFIX = ".pt"
+RESUME_THREADS = 4
+"""Files read at once on resume (reads wait on the disk; the loop is not running yet)."""
 
 
 def read_file(storage: Storage, path: str, entry: layout.FileEntry,
@@ -94,9 +96,11 @@ def _read_candidate(storage: Storage, state: TrainState, ranks: Ranks,
             raise layout.CheckpointCorruptError(f"{cand.path}: the manifest lists no model file")
         if state.optimizer is not None:
             wanted["optimizer"] = _find(m, pre, "optimizer")
+    elif m.format >= 2:
+        # The shards are verified as DCP streams them in (_apply); .metadata now.
+        verify_only = [f"{pre}{sharded.DIRNAME}/.metadata"]
     else:
-        # Each rank reads and verifies its share of the shard files before the ranks
-        # agree; format 2 keeps the images for DCP to load from, format 1 only checks.
+        # Format 1: each rank verifies its share of the shard files before the ranks agree.
         verify_only = [n for n in m.files if n.startswith(f"{pre}{sharded.DIRNAME}/")
                        and sharded.writer_rank(n) % ranks.world_size == ranks.rank]
     if state.scheduler is not None:
@@ -133,16 +137,22 @@ def _read_candidate(storage: Storage, state: TrainState, ranks: Ranks,
         results = dict(map(one, jobs))
     meter.finish()
     loaded = {k: results.pop(k) for k in list(results) if k in wanted}
-    lead = f"{pre}{sharded.DIRNAME}/"
-    loaded["shard_images"] = {n[len(lead):]: v for n, v in results.items() if v is not None}
+    image = results.get(f"{pre}{sharded.DIRNAME}/.metadata")
+    loaded["dcp_metadata"] = image.numpy().tobytes() if image is not None else None
     return loaded
 
 
-def _apply(storage: Storage, state: TrainState, cand: layout.Candidate,
+def _apply(storage: Storage, state: TrainState, ranks: Ranks, cand: layout.Candidate,
            loaded: dict[str, Any]) -> None:
     if cand.manifest.mode == "sharded":
-        sharded.load(storage, state, f"{cand.path}/{_prefix(cand)}{sharded.DIRNAME}",
-                     cand.manifest, _prefix(cand), loaded["shard_images"])
+        m = cand.manifest
+        pre = f"{_prefix(cand)}{sharded.DIRNAME}/"
+        total = sum(e.size for n, e in m.files.items() if n.startswith(pre)
+                    and sharded.writer_rank(n) % ranks.world_size == ranks.rank)
+        meter = Meter("load", cand.step, total, ranks.rank)
+        sharded.load(storage, state, f"{cand.path}/{pre.rstrip('/')}", m, _prefix(cand),
+                     (ranks.rank, ranks.world_size), loaded["dcp_metadata"], meter)
+        meter.finish()
     else:
         state.module.load_state_dict(loaded["model"])
         if "optimizer" in loaded:
@@ -188,12 +198,16 @@ def resume(storage: Storage, state: TrainState, ranks: Ranks, threads: int = 1) 
         except (layout.CheckpointError, OSError, RuntimeError) as exc:
             error, loaded = f"rank {ranks.rank}: {exc}", {}
         if ranks.all_true(not error):
-            _apply(storage, state, cand, loaded)
-            if ranks.rank == 0:
-                log.warning("resumed from %s (step %d)", cand.path, cand.step)
-                print(f"fi-dist: resumed from checkpoint step {cand.step}", flush=True)
-            return cand.step
-        bad = "; ".join(e for e in ranks.gather(error) if e)
+            try:
+                _apply(storage, state, ranks, cand, loaded)
+            except layout.CheckpointCorruptError as exc:  # a shard stream, on every rank
+                error = str(exc)  # alike: DCP gathered every rank's failure
+            else:
+                if ranks.rank == 0:
+                    log.warning("resumed from %s (step %d)", cand.path, cand.step)
+                    print(f"fi-dist: resumed from checkpoint step {cand.step}", flush=True)
+                return cand.step
+        bad = "; ".join(dict.fromkeys(e for e in ranks.gather(error) if e))
         errors.append(bad)
         if ranks.rank == 0:
             log.error("checkpoint %s is corrupt, falling back to the previous one: %s",

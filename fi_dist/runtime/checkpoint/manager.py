@@ -81,8 +81,9 @@ class Checkpointer:
     def resume(self) -> int:
         """Load the latest complete checkpoint (collective); returns the step to start from."""
         if self.start_step is None:
-            self.start_step = loader.resume(self.storage, self.state, self.ranks,
-                                            self.cfg.io_threads or 1)
+            # Nothing else runs during a resume: read up to 4 files at once.
+            threads = max(self.cfg.io_threads or 1, loader.RESUME_THREADS)
+            self.start_step = loader.resume(self.storage, self.state, self.ranks, threads)
             self.last_saved = self.start_step or None
         return self.start_step
 

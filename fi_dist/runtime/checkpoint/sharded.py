@@ -5,10 +5,11 @@ DCP plans and reshards; the bytes go through fi-dist's own storage layer
 ``dcp/__<rank>_<n>.distcp`` on ``threads`` threads, checksummed as they are written,
 and lists its files in its part of the manifest.
 
-On load every rank reads and verifies its share of the files (its own ``__<rank>_*``;
-rank 0 also ``.metadata``) into memory before the ranks agree; DCP then fills the live
-shards from those images. Format-1 checkpoints (DCP's own file format) are verified the
-same way and read by DCP's own reader.
+On load every rank reads and verifies ``.metadata`` before the ranks agree; then DCP
+loads, and each rank streams its own files (``__<rank>_*``) into the live shards,
+verifying them as they are read (a damaged file fails the load on every rank alike).
+Format-1 checkpoints (DCP's own file format): each rank verifies its share of the files
+before the ranks agree, and DCP's own reader loads them.
 """
 
 from __future__ import annotations
@@ -109,31 +110,46 @@ def read_image(storage: Storage, path: str, entry: layout.FileEntry,
 
 
 def load(storage: Storage, state: TrainState, path: str, manifest: layout.Manifest,
-         prefix: str, images: dict[str, torch.Tensor]) -> None:
+         prefix: str, world: tuple[int, int], metadata: bytes | None,
+         meter: Meter | None = None) -> None:
     """DCP load into the live model and optimizer (collective).
 
     Args:
         path: the checkpoint's ``dcp`` directory.
-        manifest: the checkpoint's manifest (format, and entries to verify what is read).
+        manifest: the checkpoint's manifest (format; entries to verify what is read).
         prefix: the files' prefix in the manifest.
-        images: base name -> bytes of the shard files this rank already read and verified.
+        world: (this rank, world size): which files this rank streams and verifies.
+        metadata: format 2: the ``.metadata`` bytes, read and verified already.
+
+    Raises:
+        CheckpointCorruptError: on every rank alike, when a shard file fails its check
+            on any rank (format 2; the live state may then be partly overwritten).
     """
     import torch.distributed.checkpoint as dcp  # noqa: PLC0415
+    from torch.distributed.checkpoint.api import CheckpointException  # noqa: PLC0415
     from torch.distributed.checkpoint.state_dict import set_state_dict  # noqa: PLC0415
 
-    from fi_dist.runtime.checkpoint.dcp_storage import ShardReader  # noqa: PLC0415
+    from fi_dist.runtime.checkpoint.dcp_storage import METADATA, ShardReader  # noqa: PLC0415
 
     sd = _state(state)
     reader: Any
     if manifest.format >= 2:
         lead = f"{prefix}{DIRNAME}/"
         entries = {n[len(lead):]: e for n, e in manifest.files.items() if n.startswith(lead)}
-        reader = ShardReader(storage, path, images, entries)
+        rank, world_size = world
+        mine = {n for n in entries if n != METADATA and writer_rank(n) % world_size == rank}
+        reader = ShardReader(storage, path, entries, mine, metadata or b"",
+                             meter.add if meter else None)
     elif storage.local:
         reader = dcp.FileSystemReader(path)
     else:
         reader = dcp.FsspecReader(f"{storage.protocol}://{path}")
-    dcp.load(sd, storage_reader=reader)
+    try:
+        dcp.load(sd, storage_reader=reader)
+    except CheckpointException as exc:  # DCP raises it on every rank, with every failure
+        why = "; ".join(dict.fromkeys(str(f[0]) if isinstance(f, tuple) else str(f)
+                                      for f in exc.failures.values()))
+        raise layout.CheckpointCorruptError(why) from None
     optims = [state.optimizer] if state.optimizer is not None else []
     set_state_dict(state.model, optims, model_state_dict=sd["model"],
                    optim_state_dict=sd.get("optim", {}))
