@@ -217,6 +217,11 @@ def test_damaged_newest_checkpoint_is_named_and_the_previous_used(tmp_path: Path
         assert job.ck.resume() == 4
     job.ck.close()
     assert str(victim) in caplog.text
+    # The damaged file may have been read into the live model first: step 4 replaced it all.
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / layout.step_dirname(4) / "model.safetensors"))
+    assert all(torch.equal(v, saved[k]) for k, v in job.model.state_dict().items())
     if damage.startswith("flip"):
         assert "checksum mismatch" in caplog.text
     elif damage == "truncate":

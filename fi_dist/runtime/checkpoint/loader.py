@@ -33,8 +33,10 @@ RESUME_THREADS = 4
 
 
 def read_file(storage: Storage, path: str, entry: layout.FileEntry,
-              meter: Meter | None = None) -> Any:
+              meter: Meter | None = None, into: dict[str, torch.Tensor] | None = None) -> Any:
     """Read, verify and decode one checkpoint file (tensor file, or format-1 ``.pt``).
+
+    ``into``: see :func:`tensorfile.read` (tensor files only).
 
     Raises:
         CheckpointCorruptError: naming ``path``: missing, torn, or not what the manifest says.
@@ -46,7 +48,7 @@ def read_file(storage: Storage, path: str, entry: layout.FileEntry,
             try:
                 if path.endswith(tensorfile.SUFFIX):
                     try:
-                        tree, tensors = tensorfile.read(r, entry.size)
+                        tree, tensors = tensorfile.read(r, entry.size, into)
                     except (tensorfile.FormatError, EOFError) as exc:
                         # Most likely a damaged byte: read on, so the error can say so.
                         broken = exc
@@ -118,9 +120,17 @@ def _read_candidate(storage: Storage, state: TrainState, ranks: Ranks,
     total = sum(m.files[n].size for n in [*names.values(), *verify_only])
     meter = Meter("load", cand.step, total, ranks.rank)
 
+    # The model file is read straight into the live parameters and buffers (CPU ones):
+    # load_state_dict then copies nothing (a tensor copied onto itself is skipped). If
+    # the candidate is rejected, the one used instead overwrites them all again.
+    live = {k: v.detach() for k, v in state.module.state_dict(keep_vars=True).items()
+            if isinstance(v, torch.Tensor)} if "model" in names else None
+
     def one(job: tuple[str, str]) -> tuple[str, Any]:
         key, name = job
         path = f"{cand.path}/{name}"
+        if key == "model":
+            return key, read_file(storage, path, m.files[name], meter, live)
         if key == "shard" and m.format >= 2:
             return name, sharded.read_image(storage, path, m.files[name], meter.add)
         if key == "shard":

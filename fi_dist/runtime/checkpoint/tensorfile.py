@@ -228,10 +228,17 @@ def _entries(header: dict[str, Any], body: int) -> list[tuple[str, torch.dtype, 
     return out
 
 
-def read(r: HashingReader, size: int) -> tuple[str, dict[str, torch.Tensor]]:
+def read(r: HashingReader, size: int, into: dict[str, torch.Tensor] | None = None,
+         ) -> tuple[str, dict[str, torch.Tensor]]:
     """Read a whole tensor file of ``size`` bytes: (tree JSON, tensors), NOT yet decoded.
 
     The caller checks ``r.hexdigest()`` before calling :func:`decode` on the result.
+
+    Args:
+        into: tensors to read straight into, by name (a live model's state: then
+            ``load_state_dict`` copies nothing); used where dtype, shape, device (CPU)
+            and layout (contiguous) match, fresh memory elsewhere. They are written
+            before the checksum is known.
 
     Raises:
         FormatError: the header is malformed or inconsistent with ``size``.
@@ -266,7 +273,10 @@ def read(r: HashingReader, size: int) -> tuple[str, dict[str, torch.Tensor]]:
         group, group_bytes = [], 0
 
     for name, dtype, shape, begin, end in entries:
-        t = torch.empty(shape, dtype=dtype)
+        t = (into or {}).get(name)
+        if (t is None or t.dtype != dtype or list(t.shape) != shape or t.device.type != "cpu"
+                or not t.is_contiguous()):
+            t = torch.empty(shape, dtype=dtype)
         tensors[name] = t
         nb = end - begin
         if nb == 0:
