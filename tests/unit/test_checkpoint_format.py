@@ -318,3 +318,17 @@ def test_status_shows_a_checkpoint_in_progress(tmp_path: Path, monkeypatch, caps
     Meter("save", 40, 1 << 30, rank=0, interval=0.0, out=lambda _: None, beat=beat).add(512 << 20)
     assert cli.cmd_status(argparse.Namespace(job=None, json=False)) == 0
     assert "[checkpoint save step 40: 512/1024 MiB," in capsys.readouterr().out
+
+
+def test_retired_checkpoints_leave_nothing_behind_even_when_cut_short(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    storage = Storage(str(tmp_path))
+    Job(tmp_path, every=1, keep_last=2).run(4)
+    assert [p.name for p in sorted(tmp_path.iterdir())] == [
+        layout.step_dirname(3), layout.step_dirname(4)]
+    # A kill inside the delete: the directory is already renamed away from step-*.
+    monkeypatch.setattr(storage, "rm", lambda path: None)
+    layout.remove(storage, str(tmp_path / layout.step_dirname(3)))
+    assert [c.step for c in layout.scan(storage)[0]] == [4] and not layout.scan(storage)[1]
+    assert layout.garbage(storage) == [storage.join(f"{layout.TMP_PREFIX}"
+                                                    f"{layout.step_dirname(3)}-deleting")]

@@ -184,6 +184,24 @@ def scan(storage: Storage) -> tuple[list[Candidate], list[tuple[str, str]]]:
     return complete, rejected
 
 
+def remove(storage: Storage, path: str) -> None:
+    """Delete the checkpoint directory ``path`` so that a delete cut short by a kill leaves
+    nothing a scan would report, and nothing the next start's :func:`garbage` misses.
+
+    Locally the directory is first renamed to a temporary name (atomic); on object stores
+    its manifest goes first.
+    """
+    if storage.atomic_rename:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        doomed = storage.join(f"{TMP_PREFIX}{name}-deleting")
+        storage.rm(doomed)  # left by an earlier delete of the same step
+        storage.rename(path, doomed)
+        storage.rm(doomed)
+    else:
+        storage.rm(f"{path}/{MANIFEST}")
+        storage.rm(path)
+
+
 def garbage(storage: Storage) -> list[str]:
     """Leftovers no load will ever use: temporary save directories."""
     return [storage.join(n) for n in storage.listdir() if n.startswith(TMP_PREFIX)]

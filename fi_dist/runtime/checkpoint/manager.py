@@ -244,7 +244,7 @@ class Checkpointer:
         try:
             complete, _ = layout.scan(self.storage)
             for cand in complete[self.cfg.keep_last:]:
-                self.storage.rm(cand.path)
+                layout.remove(self.storage, cand.path)
         except Exception as exc:  # never fail a committed save over cleanup
             log.warning("checkpoint retention failed: %s", exc)
 

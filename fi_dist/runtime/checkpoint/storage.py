@@ -168,6 +168,12 @@ class Storage:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(path, recursive=True)
 
+    def rename(self, src: str, dst: str) -> None:
+        """Rename (local only); not made durable (see :meth:`rename_dir`)."""
+        if not self.local:
+            raise NotImplementedError(f"{self.protocol}:// has no atomic rename")
+        os.rename(src, dst)
+
     def rename_dir(self, src: str, dst: str) -> None:
         """Atomically move directory ``src`` to ``dst`` (local only) and make it durable."""
         if not self.local:

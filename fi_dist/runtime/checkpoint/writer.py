@@ -169,7 +169,7 @@ def commit(storage: Storage, exchange: PartExchange, plan: SavePlan,
         if storage.atomic_rename:
             storage.write_bytes(f"{plan.workdir}/{layout.MANIFEST}", data)
             if storage.exists(plan.final):
-                storage.rm(plan.final)  # an older, invalid save of the same step
+                layout.remove(storage, plan.final)  # an older, invalid save of the same step
             storage.rename_dir(plan.workdir, plan.final)
         else:
             # No rename on object stores: one PUT of the manifest is the commit.
