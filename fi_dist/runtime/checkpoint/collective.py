@@ -37,10 +37,6 @@ class Ranks:
         group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
         return cls(dist.get_rank(), dist.get_world_size(), group)
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1 or process_group() is not None
-
     def all_true(self, ok: bool) -> bool:
         """Collective: True only when ``ok`` on every rank."""
         dist = process_group()
