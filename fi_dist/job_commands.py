@@ -81,6 +81,10 @@ def format_status(st: JobStatus) -> str:
         for rank, row in sorted(st.ranks.items()):
             extra = (f"  [idle: {row['idle']}, {row['idle_for']:.0f}s]" if "idle" in row
                      else "")
+            if (c := row.get("checkpoint")) and isinstance(c, dict) and not c.get("done"):
+                extra += (f"  [checkpoint {c.get('op')} step {c.get('step')}: "
+                          f"{c.get('bytes', 0) >> 20}/{c.get('total', 0) >> 20} MiB, "
+                          f"{c.get('mib_s', 0):.0f} MiB/s]")
             lines.append(f"{rank:>4}  {row.get('node')!s:>4}  {row.get('pid')!s:>7}  "
                          f"{row.get('state')}{extra}")
     return "\n".join(lines)

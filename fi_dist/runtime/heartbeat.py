@@ -6,6 +6,8 @@ pauses) and who watches it from outside (``fi-dist status``, the idle culler):
 * ``step`` / ``step_time``: the last training step and when it ended;
 * ``debug_activity``: when a debugger client last did something for this rank;
 * ``state``: running, paused at file:line, blocked in collective, exited ...
+* ``checkpoint``: a long save or load in progress (bytes, total, MiB/s; see
+  :mod:`fi_dist.runtime.checkpoint.progress`).
 
 Writes are throttled (at most one per ``min_interval`` seconds per field kind) so the
 training loop pays a clock read per step, not a file write.
@@ -51,6 +53,10 @@ class Heartbeat:
     def debug_activity(self) -> None:
         """A debugger client did something for this rank (request, pause, step)."""
         self._write("debug", False, debug_activity=time.time())
+
+    def checkpoint(self, progress: dict[str, Any], final: bool = False) -> None:
+        """Progress of a long checkpoint save or load (the closing one is always written)."""
+        self._write("checkpoint", final, checkpoint=progress)
 
     def state(self, state: str, **extra: Any) -> None:
         """A state change (always written)."""

@@ -22,8 +22,8 @@ from fi_dist.runtime.checkpoint.storage import Storage
 pytestmark = pytest.mark.slow
 
 WORKER = textwrap.dedent('''
-    import argparse, hashlib, json, os, signal, sys, time
-    import torch, torch.distributed as dist
+    import argparse, hashlib, json, os, random, signal, sys, time
+    import numpy as np, torch, torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     from fi_dist.runtime.checkpoint import Checkpointer
 
@@ -38,12 +38,15 @@ WORKER = textwrap.dedent('''
     model = torch.nn.Sequential(torch.nn.Linear(a.width, a.width), torch.nn.Tanh(), torch.nn.Linear(a.width, 1))
     ddp = DDP(model)
     opt = torch.optim.Adam(ddp.parameters(), lr=1e-2)
-    ck = Checkpointer(a.ckpt, model=ddp, optimizer=opt, every=a.every)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    ck = Checkpointer(a.ckpt, model=ddp, optimizer=opt, scheduler=sched, every=a.every)
+    random.seed(100 + rank); np.random.seed(100 + rank)  # a restart must not need these
     result = {"rank": rank, "start": ck.resume(), "seen_in_step": None}
     try:
         for step in ck.steps(a.total):
-            x = torch.randn(8, a.width)  # per-rank RNG stream: restored on resume
-            loss = ddp(x).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()
+            # Per-rank torch, python and numpy streams: all restored on resume.
+            x = torch.randn(8, a.width) * random.uniform(0.5, 1.5) + float(np.random.rand())
+            loss = ddp(x).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step(); sched.step()
             if step == a.sigterm_at and rank == a.sigterm_rank:
                 os.kill(os.getpid(), signal.SIGTERM)
             elif step == a.sigterm_at:
@@ -53,6 +56,9 @@ WORKER = textwrap.dedent('''
                 f.write(str(step))
     finally:
         h = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters()))
+        for st in opt.state.values():
+            h.update(st["exp_avg_sq"].numpy().tobytes())
+        h.update(repr(sched.state_dict()).encode())
         result["checksum"] = h.hexdigest()
         with open(a.out, "w") as f:
             json.dump(result, f)
@@ -113,13 +119,35 @@ def test_sigterm_on_one_rank_all_ranks_save_same_step_and_resume_bit_exact(tmp_p
     assert pre[0]["seen_in_step"] is True
     complete, rejected = layout.scan(Storage(str(ckpt)))
     assert [c.step for c in complete] == [4] and not rejected
-    assert {"model.pt", "optimizer.pt", "rank-00000.pt", "rank-00001.pt"} <= set(
+    assert {"model.safetensors", "optimizer.safetensors", "rank-00000.safetensors",
+            "rank-00001.safetensors"} <= set(
         complete[0].manifest.files)
     assert complete[0].manifest.meta["reason"] == "preemption"
 
     post = finish(start_ranks(tmp_path, "post", ckpt, 2, "--total", "8"), tmp_path, "post")
     assert [r["exitcode"] for r in post] == [0, 0], post[0]["log"][-2000:]
     assert [r["start"] for r in post] == [4, 4]
+    assert [r["checksum"] for r in post] == [r["checksum"] for r in ref]
+
+
+@pytest.mark.timeout(240)
+def test_damaged_file_of_one_rank_both_ranks_fall_back_to_the_previous_checkpoint(
+        tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    ref_procs = start_ranks(tmp_path, "ref", tmp_path / "ref-ckpt", 2, "--total", "6")
+    first = finish(start_ranks(tmp_path, "first", ckpt, 2, "--total", "4", "--every", "2"),
+                   tmp_path, "first")
+    ref = finish(ref_procs, tmp_path, "ref")
+    assert [r["exitcode"] for r in first + ref] == [0, 0, 0, 0], first[0]["log"][-2000:]
+    # Only rank 1 reads its own file: it alone sees the damage, the agreement moves both.
+    victim = ckpt / layout.step_dirname(4) / "rank-00001.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0x10
+    victim.write_bytes(bytes(data))
+    post = finish(start_ranks(tmp_path, "post", ckpt, 2, "--total", "6"), tmp_path, "post")
+    assert [r["exitcode"] for r in post] == [0, 0], post[0]["log"][-2000:]
+    assert [r["start"] for r in post] == [2, 2]
+    assert f"{victim}: checksum mismatch" in post[0]["log"]
     assert [r["checksum"] for r in post] == [r["checksum"] for r in ref]
 
 

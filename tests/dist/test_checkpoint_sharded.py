@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -16,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 # FSDP2 runs on CPU + gloo: parameters and Adam state are DTensors sharded over the 2 ranks.
 WORKER = textwrap.dedent("""
-    import argparse, hashlib, json, os
-    import torch, torch.distributed as dist
+    import argparse, hashlib, json, os, random
+    import numpy as np, torch, torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
     from fi_dist.runtime.checkpoint import Checkpointer
 
@@ -31,11 +32,14 @@ WORKER = textwrap.dedent("""
     model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
     fully_shard(model[0]); fully_shard(model[2]); fully_shard(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    ck = Checkpointer(a.ckpt, model=model, optimizer=opt, every=a.every)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    ck = Checkpointer(a.ckpt, model=model, optimizer=opt, scheduler=sched, every=a.every)
+    random.seed(100 + rank); np.random.seed(100 + rank)  # a restart must not need these
     result = {"rank": rank, "sharded": ck.sharded, "start": ck.resume()}
     for step in ck.steps(a.total):
-        x = torch.randn(8, 32)  # per-rank RNG stream: restored from the rank file on resume
-        loss = model(x).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()
+        # Per-rank torch, python and numpy streams: restored from the rank file on resume.
+        x = torch.randn(8, 32) * random.uniform(0.5, 1.5) + float(np.random.rand())
+        loss = model(x).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         if step == a.crash_at:  # every rank dies after this step's update, before any save of it
             os._exit(3)
     # Gathered full state (collective): parameters and the Adam state of every parameter.
@@ -45,6 +49,7 @@ WORKER = textwrap.dedent("""
         for k, v in sorted(opt.state[prm].items()):
             v = v.full_tensor() if hasattr(v, "full_tensor") else v
             h.update(k.encode()); h.update(v.detach().reshape(-1).numpy().tobytes())
+    h.update(repr(sched.state_dict()).encode())
     result["checksum"] = h.hexdigest()
     dist.barrier(); dist.destroy_process_group()
     with open(a.out, "w") as f:
@@ -60,7 +65,7 @@ def _reap(procs: list[subprocess.Popen]) -> None:
         p.communicate()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(200)
 def test_fsdp2_periodic_sharded_save_crash_resume_bit_exact(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     procs: list[subprocess.Popen] = []
@@ -88,17 +93,55 @@ def test_fsdp2_periodic_sharded_save_crash_resume_bit_exact(tmp_path: Path) -> N
             assert m.mode == "sharded" and m.meta["reason"] == "periodic"
             dcp_files = {f for f in m.files if f.startswith("dcp/")}
             assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp"} <= dcp_files, m.files
-            assert {"rank-00000.pt", "rank-00001.pt"} <= set(m.files)
-            assert "model.pt" not in m.files  # sharded state is never gathered onto rank 0
+            assert {"rank-00000.safetensors", "rank-00001.safetensors"} <= set(m.files)
+            assert "model.safetensors" not in m.files  # sharded state is never gathered onto rank 0
 
         post_procs = start_ranks(tmp_path, "post", ckpt, 2, "--total", "8", worker=WORKER)
         procs += post_procs
         post = finish(post_procs, tmp_path, "post", timeout=90)
+        assert [r["exitcode"] for r in post] == [0, 0], post[0]["log"][-2000:] + post[1]["log"][-2000:]
+        assert [c.step for c in layout.scan(Storage(str(ckpt)))[0]] == [8, 6, 4]
+
+        # A damaged shard of rank 1 (only rank 1 verifies it): both ranks fall back to 6.
+        shard = ckpt / layout.step_dirname(8) / "dcp" / "__1_0.distcp"
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        shard.write_bytes(bytes(data))
+        again_procs = start_ranks(tmp_path, "again", ckpt, 2, "--total", "8", worker=WORKER)
+        procs += again_procs
+        again = finish(again_procs, tmp_path, "again", timeout=90)
     finally:
         _reap(procs)
-    assert [r["exitcode"] for r in post] == [0, 0], post[0]["log"][-2000:] + post[1]["log"][-2000:]
     assert [r["start"] for r in post] == [4, 4]
     # Resumed = uninterrupted, bit for bit: full parameters AND full Adam state, on both ranks.
     assert len({r["checksum"] for r in ref}) == 1
     assert [r["checksum"] for r in post] == [r["checksum"] for r in ref]
-    assert [c.step for c in layout.scan(Storage(str(ckpt)))[0]] == [8, 6, 4]
+    assert [r["exitcode"] for r in again] == [0, 0], again[0]["log"][-2000:]
+    assert [r["start"] for r in again] == [6, 6]
+    assert f"{shard}: checksum mismatch" in again[0]["log"]
+    assert [r["checksum"] for r in again] == [r["checksum"] for r in ref]
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ckpt_format1_sharded" / "ckpt"
+
+
+@pytest.mark.timeout(150)
+def test_format1_sharded_checkpoint_of_the_old_code_resumes_bit_exact(tmp_path: Path) -> None:
+    """Written by the format-1 package (DCP's own files, sha256): DCP's reader loads it."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE, ckpt)
+    procs: list[subprocess.Popen] = []
+    try:
+        ref_procs = start_ranks(tmp_path, "ref", tmp_path / "ref-ckpt", 2, "--total", "4",
+                                worker=WORKER)
+        post_procs = start_ranks(tmp_path, "post", ckpt, 2, "--total", "4", worker=WORKER)
+        procs += ref_procs + post_procs
+        ref = finish(ref_procs, tmp_path, "ref", timeout=120)
+        post = finish(post_procs, tmp_path, "post", timeout=120)
+    finally:
+        _reap(procs)
+    assert [r["exitcode"] for r in ref + post] == [0, 0, 0, 0], post[0]["log"][-2000:]
+    assert [r["start"] for r in post] == [2, 2]
+    assert [r["checksum"] for r in post] == [r["checksum"] for r in ref]
+    complete, _ = layout.scan(Storage(str(ckpt)))
+    assert [(c.step, c.manifest.format) for c in complete] == [(4, 2), (2, 1)]

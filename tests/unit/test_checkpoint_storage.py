@@ -67,7 +67,7 @@ def test_s3_round_trip_and_retention(s3_options, tmp_path: Path) -> None:
     assert [c.step for c in complete] == [6, 4] and not rejected
     # The data lives under a per-save prefix; the manifest (last PUT) is the commit.
     names = set(complete[0].manifest.files)
-    assert all("/" in n for n in names) and any(n.endswith("model.pt") for n in names)
+    assert all("/" in n for n in names) and any(n.endswith("model.safetensors") for n in names)
     expected = [p.detach().clone() for p in model.parameters()]
 
     model2, opt2, ck2 = _job(url, s3_options, every=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,10 @@ class CheckpointConfig:
     """Seconds a rank waits for the other ranks' parts / the coordinator's commit."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """Passed to fsspec (e.g. ``client_kwargs={"endpoint_url": ...}`` for s3://)."""
+    io_threads: int | None = None
+    """Files a rank writes at once, and DCP's writer threads; None: a quarter of the CPUs
+    this process may use, between 1 and 4 (the loop keeps the rest). A resume reads at
+    least 4 files at once (the loop is not running yet)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.every, int) or self.every < 0:
@@ -59,3 +64,16 @@ class CheckpointConfig:
             raise ConfigError(f"exit_code must be in 0..255, got {self.exit_code!r}")
         if self.commit_timeout <= 0:
             raise ConfigError(f"commit_timeout must be > 0, got {self.commit_timeout!r}")
+        if self.io_threads is None:
+            self.io_threads = default_io_threads()
+        elif not isinstance(self.io_threads, int) or self.io_threads < 1:
+            raise ConfigError(f"io_threads must be an integer >= 1, got {self.io_threads!r}")
+
+
+def default_io_threads() -> int:
+    """A quarter of the CPUs this process may run on, between 1 and 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus // 4))

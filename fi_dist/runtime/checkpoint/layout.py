@@ -3,32 +3,37 @@
 ::
 
     <dir>/step-0000000040/manifest.json     written LAST, by the coordinator (rank 0)
-    <dir>/step-0000000040/model.pt          replicated state, written once (rank 0)
-    <dir>/step-0000000040/optimizer.pt      ... scheduler.pt
-    <dir>/step-0000000040/rank-00003.pt     per-rank RNG states and data position
+    <dir>/step-0000000040/model.safetensors       replicated state, written once (rank 0)
+    <dir>/step-0000000040/optimizer.safetensors   ... scheduler.safetensors
+    <dir>/step-0000000040/rank-00003.safetensors  per-rank RNG states and data position
     <dir>/step-0000000040/dcp/...           sharded state (torch.distributed.checkpoint)
     <dir>/.tmp-step-0000000040-<nonce>/     a save in progress (local file systems)
 
 A directory counts as a checkpoint only when its manifest parses, carries a matching
 self-checksum and every file it lists exists with the listed size. Contents are
-checked against the manifest's sha256 when they are read.
+checked against the manifest's checksum when they are read.
+
+Format 2 (this writer): tensor files (:mod:`~fi_dist.runtime.checkpoint.tensorfile`),
+XXH3-128 per file. Format 1 (before): ``torch.save``'d ``*.pt`` files, sha256 per file;
+still loaded.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fi_dist.errors import FiDistError
+from fi_dist.runtime.checkpoint import hashing
 from fi_dist.runtime.checkpoint.storage import Storage
 
 MANIFEST = "manifest.json"
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 class CheckpointError(FiDistError):
@@ -52,13 +57,27 @@ def parse_step(name: str) -> int | None:
 
 
 def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return hashing.digest(hashing.SHA256, data)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FileEntry:
+    """One file of a checkpoint: its size and checksum."""
+
     size: int
-    sha256: str
+    digest: str
+    algo: str = hashing.XXH3_128
+    """Checksum name: ``xxh3_128`` (format 2) or ``sha256`` (format 1)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, self.algo: self.digest}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> FileEntry:
+        for algo in hashing.ALGORITHMS:
+            if algo in body:
+                return cls(int(body["size"]), str(body[algo]), algo)
+        raise KeyError(f"no checksum among {sorted(body)}")
 
 
 @dataclass
@@ -80,6 +99,7 @@ class Manifest:
 
     def to_bytes(self) -> bytes:
         body = asdict(self)
+        body["files"] = {k: e.to_json() for k, e in self.files.items()}
         text = json.dumps(body, sort_keys=True)
         body["manifest_sha256"] = sha256(text.encode())
         return json.dumps(body, sort_keys=True, indent=1).encode()
@@ -96,9 +116,9 @@ class Manifest:
             claimed = body.pop("manifest_sha256")
             if sha256(json.dumps(body, sort_keys=True).encode()) != claimed:
                 raise CheckpointCorruptError(f"{where}: manifest checksum mismatch (torn write?)")
-            if body.get("format") != FORMAT:
+            if body.get("format") not in READABLE_FORMATS:
                 raise CheckpointCorruptError(f"{where}: unknown manifest format {body.get('format')!r}")
-            body["files"] = {k: FileEntry(**v) for k, v in body["files"].items()}
+            body["files"] = {k: FileEntry.from_json(v) for k, v in body["files"].items()}
             return cls(**body)
         except CheckpointCorruptError:
             raise
@@ -164,6 +184,24 @@ def scan(storage: Storage) -> tuple[list[Candidate], list[tuple[str, str]]]:
     return complete, rejected
 
 
+def remove(storage: Storage, path: str) -> None:
+    """Delete the checkpoint directory ``path`` so that a delete cut short by a kill leaves
+    nothing a scan would report, and nothing the next start's :func:`garbage` misses.
+
+    Locally the directory is first renamed to a temporary name (atomic); on object stores
+    its manifest goes first.
+    """
+    if storage.atomic_rename:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        doomed = storage.join(f"{TMP_PREFIX}{name}-deleting")
+        storage.rm(doomed)  # left by an earlier delete of the same step
+        storage.rename(path, doomed)
+        storage.rm(doomed)
+    else:
+        storage.rm(f"{path}/{MANIFEST}")
+        storage.rm(path)
+
+
 def garbage(storage: Storage) -> list[str]:
     """Leftovers no load will ever use: temporary save directories."""
     return [storage.join(n) for n in storage.listdir() if n.startswith(TMP_PREFIX)]
@@ -173,13 +211,22 @@ def verify(entry: FileEntry | None, data: bytes, path: str) -> None:
     """Check ``data`` read from ``path`` against its manifest entry.
 
     Raises:
-        CheckpointCorruptError: naming ``path``, when size or sha256 differ.
+        CheckpointCorruptError: naming ``path``, when size or checksum differ.
     """
     if entry is None:
         raise CheckpointCorruptError(f"{path}: not listed in the manifest")
-    if len(data) != entry.size:
-        raise CheckpointCorruptError(f"{path}: read {len(data)} bytes, manifest says {entry.size}")
-    digest = sha256(data)
-    if digest != entry.sha256:
+    check(entry, len(data), hashing.digest(entry.algo, data), path)
+
+
+def check(entry: FileEntry, size: int, digest: str, path: str) -> None:
+    """Compare what was read (``size`` bytes hashing to ``digest``) with ``entry``.
+
+    Raises:
+        CheckpointCorruptError: naming ``path``, when size or checksum differ.
+    """
+    if size != entry.size:
+        raise CheckpointCorruptError(f"{path}: read {size} bytes, manifest says {entry.size}")
+    if digest != entry.digest:
         raise CheckpointCorruptError(
-            f"{path}: checksum mismatch (sha256 {digest[:12]}... != manifest {entry.sha256[:12]}...)")
+            f"{path}: checksum mismatch ({entry.algo} {digest[:12]}... != manifest "
+            f"{entry.digest[:12]}...)")

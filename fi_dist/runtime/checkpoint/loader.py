@@ -2,51 +2,81 @@
 
 Each candidate (newest first) is read and checked against its manifest on every
 rank, then one all_reduce(MIN) decides: all ranks apply the same checkpoint, or all
-move on to the previous one. Sharded state goes through torch.distributed.checkpoint.
+move on to the previous one. Files are read with large sequential reads straight into
+fresh tensor memory, several files at once, checksummed while they are read; nothing is
+decoded, let alone applied, before its checksum matched. Format-1 files (``*.pt``,
+sha256) load through ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 
-from fi_dist.runtime.checkpoint import layout
-from fi_dist.runtime.checkpoint.state import load_into, set_rng_state, unwrap
-
-if TYPE_CHECKING:
-    from fi_dist.runtime.checkpoint.manager import Checkpointer
+from fi_dist.runtime.checkpoint import layout, sharded, tensorfile
+from fi_dist.runtime.checkpoint.collective import Ranks
+from fi_dist.runtime.checkpoint.hashing import HashingReader
+from fi_dist.runtime.checkpoint.progress import Meter
+from fi_dist.runtime.checkpoint.state import TrainState, load_into, native_rng, set_rng_state
+from fi_dist.runtime.checkpoint.storage import Storage
 
 log = logging.getLogger("fi_dist.checkpoint")
 
-
-def portable_rng(state: dict[str, Any]) -> dict[str, Any]:
-    """RNG state in types ``torch.load(weights_only=True)`` accepts (numpy -> tensor)."""
-    out = dict(state)
-    if "numpy" in out:
-        kind, keys, pos, has_gauss, cached = out["numpy"]
-        out["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached)
-    return out
+LEGACY_SUFFIX = ".pt"
+RESUME_THREADS = 4
+"""Files read at once on resume (reads wait on the disk; the loop is not running yet)."""
 
 
-def native_rng(state: dict[str, Any]) -> dict[str, Any]:
-    out = dict(state)
-    if "numpy" in out:
-        kind, keys, pos, has_gauss, cached = out["numpy"]
-        out["numpy"] = (kind, keys.numpy(), pos, has_gauss, cached)
-    return out
+def read_file(storage: Storage, path: str, entry: layout.FileEntry,
+              meter: Meter | None = None, into: dict[str, torch.Tensor] | None = None) -> Any:
+    """Read, verify and decode one checkpoint file (tensor file, or format-1 ``.pt``).
 
+    ``into``: see :func:`tensorfile.read` (tensor files only).
 
-def _read(ck: Checkpointer, cand: layout.Candidate, name: str) -> Any:
-    path = f"{cand.path}/{name}"
+    Raises:
+        CheckpointCorruptError: naming ``path``: missing, torn, or not what the manifest says.
+    """
+    broken: Exception | None = None
     try:
-        data = ck.storage.read_bytes(path)
+        with storage.open_read(path) as f:
+            r = HashingReader(f, entry.algo, meter.add if meter else None)
+            try:
+                if path.endswith(tensorfile.SUFFIX):
+                    try:
+                        tree, tensors = tensorfile.read(r, entry.size, into)
+                    except (tensorfile.FormatError, EOFError) as exc:
+                        # Most likely a damaged byte: read on, so the error can say so.
+                        broken = exc
+                        r.drain()
+                else:
+                    data = bytearray(entry.size)
+                    r.readinto(data)
+                eof = r.at_eof()
+            finally:
+                digest = r.hexdigest()
     except FileNotFoundError:
         raise layout.CheckpointCorruptError(f"{path}: missing") from None
-    layout.verify(cand.manifest.files.get(name), data, path)
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    layout.check(entry, r.size if eof else r.size + 1, digest, path)
+    if broken is not None:
+        raise layout.CheckpointCorruptError(f"{path}: unreadable ({broken})")
+    try:
+        if path.endswith(tensorfile.SUFFIX):
+            return tensorfile.decode(json.loads(tree), tensors)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (ValueError, tensorfile.FormatError) as exc:
+        raise layout.CheckpointCorruptError(f"{path}: undecodable ({exc})") from None
+
+
+def _find(m: layout.Manifest, prefix: str, stem: str) -> str | None:
+    for suffix in (tensorfile.SUFFIX, LEGACY_SUFFIX):
+        if f"{prefix}{stem}{suffix}" in m.files:
+            return f"{prefix}{stem}{suffix}"
+    return None
 
 
 def _prefix(cand: layout.Candidate) -> str:
@@ -54,151 +84,145 @@ def _prefix(cand: layout.Candidate) -> str:
     return str(cand.manifest.meta.get("prefix", ""))
 
 
-def _load_candidate(ck: Checkpointer, cand: layout.Candidate) -> dict[str, Any]:
+def _read_candidate(storage: Storage, state: TrainState, ranks: Ranks,
+                    cand: layout.Candidate, threads: int) -> dict[str, Any]:
     """Read and verify everything this rank needs from ``cand`` (nothing applied yet)."""
     m, pre = cand.manifest, _prefix(cand)
-    loaded: dict[str, Any] = {}
+    wanted: dict[str, str | None] = {}
+    verify_only: list[str] = []
     if m.mode == "replicated":
-        if ck.sharded:
+        if state.sharded:
             raise layout.CheckpointError(f"{cand.path} holds replicated state; the model is sharded")
-        loaded["model"] = _read(ck, cand, f"{pre}model.pt")
-        if ck.optimizer is not None and f"{pre}optimizer.pt" in m.files:
-            loaded["optimizer"] = _read(ck, cand, f"{pre}optimizer.pt")
-    elif ck.rank == 0:
-        # DCP reads the shards itself; verify them once, on the coordinator.
-        for name in m.files:
-            if name.startswith(f"{pre}dcp/"):
-                _read_raw_verified(ck, cand, name)
-    if ck.scheduler is not None and f"{pre}scheduler.pt" in m.files:
-        loaded["scheduler"] = _read(ck, cand, f"{pre}scheduler.pt")
-    rank_file = f"{pre}rank-{ck.rank:05d}.pt"
-    if m.world_size == ck.world_size:
-        loaded["rank"] = _read(ck, cand, rank_file)
+        wanted["model"] = _find(m, pre, "model")
+        if wanted["model"] is None:
+            raise layout.CheckpointCorruptError(f"{cand.path}: the manifest lists no model file")
+        if state.optimizer is not None:
+            wanted["optimizer"] = _find(m, pre, "optimizer")
+    elif m.format >= 2:
+        # The shards are verified as DCP streams them in (_apply); .metadata now.
+        verify_only = [f"{pre}{sharded.DIRNAME}/.metadata"]
+    else:
+        # Format 1: each rank verifies its share of the shard files before the ranks agree.
+        verify_only = [n for n in m.files if n.startswith(f"{pre}{sharded.DIRNAME}/")
+                       and sharded.writer_rank(n) % ranks.world_size == ranks.rank]
+    if state.scheduler is not None:
+        wanted["scheduler"] = _find(m, pre, "scheduler")
+    if m.world_size == ranks.world_size:
+        wanted["rank"] = _find(m, pre, f"rank-{ranks.rank:05d}")
+        if wanted["rank"] is None:
+            raise layout.CheckpointCorruptError(
+                f"{cand.path}: the manifest lists no file for rank {ranks.rank}")
     else:
         log.warning("rank %d: %s was saved by %d ranks, this job has %d: model and optimizer "
-                    "are restored, per-rank RNG and data position are not", ck.rank, cand.path,
-                    m.world_size, ck.world_size)
+                    "are restored, per-rank RNG and data position are not", ranks.rank,
+                    cand.path, m.world_size, ranks.world_size)
+    names = {k: v for k, v in wanted.items() if v is not None}
+    total = sum(m.files[n].size for n in [*names.values(), *verify_only])
+    meter = Meter("load", cand.step, total, ranks.rank)
+
+    # The model file is read straight into the live parameters and buffers (CPU ones):
+    # load_state_dict then copies nothing (a tensor copied onto itself is skipped). If
+    # the candidate is rejected, the one used instead overwrites them all again.
+    live = {k: v.detach() for k, v in state.module.state_dict(keep_vars=True).items()
+            if isinstance(v, torch.Tensor)} if "model" in names else None
+
+    def one(job: tuple[str, str]) -> tuple[str, Any]:
+        key, name = job
+        path = f"{cand.path}/{name}"
+        if key == "model":
+            return key, read_file(storage, path, m.files[name], meter, live)
+        if key == "shard" and m.format >= 2:
+            return name, sharded.read_image(storage, path, m.files[name], meter.add)
+        if key == "shard":
+            sharded.verify_file(storage, path, m.files[name], meter)
+            return name, None
+        return key, read_file(storage, path, m.files[name], meter)
+
+    jobs = sorted([*names.items(), *(("shard", n) for n in verify_only)],
+                  key=lambda j: m.files[j[1]].size, reverse=True)
+    if threads > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="fi-dist-read") as pool:
+            results = dict(pool.map(one, jobs))
+    else:
+        results = dict(map(one, jobs))
+    meter.finish()
+    loaded = {k: results.pop(k) for k in list(results) if k in wanted}
+    image = results.get(f"{pre}{sharded.DIRNAME}/.metadata")
+    loaded["dcp_metadata"] = image.numpy().tobytes() if image is not None else None
     return loaded
 
 
-def _read_raw_verified(ck: Checkpointer, cand: layout.Candidate, name: str) -> None:
-    path = f"{cand.path}/{name}"
-    layout.verify(cand.manifest.files.get(name), ck.storage.read_bytes(path), path)
-
-
-def _apply(ck: Checkpointer, cand: layout.Candidate, loaded: dict[str, Any]) -> None:
+def _apply(storage: Storage, state: TrainState, ranks: Ranks, cand: layout.Candidate,
+           loaded: dict[str, Any]) -> None:
     if cand.manifest.mode == "sharded":
-        load_sharded(ck, f"{cand.path}/{_prefix(cand)}dcp")
+        m = cand.manifest
+        pre = f"{_prefix(cand)}{sharded.DIRNAME}/"
+        total = sum(e.size for n, e in m.files.items() if n.startswith(pre)
+                    and sharded.writer_rank(n) % ranks.world_size == ranks.rank)
+        meter = Meter("load", cand.step, total, ranks.rank)
+        sharded.load(storage, state, f"{cand.path}/{pre.rstrip('/')}", m, _prefix(cand),
+                     (ranks.rank, ranks.world_size), loaded["dcp_metadata"], meter)
+        meter.finish()
     else:
-        unwrap(ck.model).load_state_dict(loaded["model"])
+        state.module.load_state_dict(loaded["model"])
         if "optimizer" in loaded:
-            ck.optimizer.load_state_dict(loaded["optimizer"])
+            state.optimizer.load_state_dict(loaded["optimizer"])
     if "scheduler" in loaded:
-        load_into(ck.scheduler, loaded["scheduler"])
+        load_into(state.scheduler, loaded["scheduler"])
     rank_state = loaded.get("rank")
     if rank_state is not None:
         set_rng_state(native_rng(rank_state["rng"]))
-        if ck.data_state is not None and "data" in rank_state:
-            load_into(ck.data_state, rank_state["data"])
+        if state.data_state is not None and "data" in rank_state:
+            load_into(state.data_state, rank_state["data"])
 
 
-def _all_ok(ck: Checkpointer, ok: bool) -> bool:
-    from fi_dist.runtime.checkpoint.manager import _dist  # noqa: PLC0415
+def resume(storage: Storage, state: TrainState, ranks: Ranks, threads: int = 1) -> int:
+    """Apply the newest checkpoint all ranks can load (collective).
 
-    dist = _dist()
-    if dist is None:
-        return ok
-    t = torch.tensor([1 if ok else 0], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=ck.group)
-    return bool(t.item())
+    Args:
+        storage: the checkpoint root.
+        state: what to restore.
+        ranks: this process's place in the job (and the group to agree over).
+        threads: files read at once.
 
-
-def resume(ck: Checkpointer) -> int:
-    """Apply the newest checkpoint all ranks can load; the step to start from (0: none).
+    Returns:
+        The step to start from (0: there was no checkpoint).
 
     Raises:
         CheckpointCorruptError: checkpoints exist but none of them loads on every rank.
     """
-    from fi_dist.runtime.checkpoint.manager import _dist  # noqa: PLC0415
-
-    dist = _dist()
-    box: list[Any] = [None]
-    if ck.rank == 0:
-        complete, rejected = layout.scan(ck.storage)
+    complete = None
+    if ranks.rank == 0:
+        complete, rejected = layout.scan(storage)
         for path, why in rejected:
             log.warning("ignoring incomplete checkpoint %s: %s", path, why)
         # No save of this job can be in flight before resume: leftovers are garbage.
-        for path in layout.garbage(ck.storage):
-            ck.storage.rm(path)
-        box = [complete]
-    if dist is not None:
-        dist.broadcast_object_list(box, src=0, group=ck.group)
-    candidates: list[layout.Candidate] = box[0]
+        for path in layout.garbage(storage):
+            storage.rm(path)
+    candidates: list[layout.Candidate] = ranks.broadcast(complete)
     errors: list[str] = []
     for cand in candidates:
         error = ""
         try:
-            loaded = _load_candidate(ck, cand)
+            loaded = _read_candidate(storage, state, ranks, cand, threads)
         except (layout.CheckpointError, OSError, RuntimeError) as exc:
-            error, loaded = f"rank {ck.rank}: {exc}", {}
-        if _all_ok(ck, not error):
-            _apply(ck, cand, loaded)
-            if ck.rank == 0:
-                log.warning("resumed from %s (step %d)", cand.path, cand.step)
-                print(f"fi-dist: resumed from checkpoint step {cand.step}", flush=True)
-            return cand.step
-        gathered = [error]
-        if dist is not None:
-            gathered = [None] * ck.world_size  # type: ignore[list-item]
-            dist.all_gather_object(gathered, error, group=ck.group)
-        bad = "; ".join(e for e in gathered if e)
+            error, loaded = f"rank {ranks.rank}: {exc}", {}
+        if ranks.all_true(not error):
+            try:
+                _apply(storage, state, ranks, cand, loaded)
+            except layout.CheckpointCorruptError as exc:  # a shard stream, on every rank
+                error = str(exc)  # alike: DCP gathered every rank's failure
+            else:
+                if ranks.rank == 0:
+                    log.warning("resumed from %s (step %d)", cand.path, cand.step)
+                    print(f"fi-dist: resumed from checkpoint step {cand.step}", flush=True)
+                return cand.step
+        bad = "; ".join(dict.fromkeys(e for e in ranks.gather(error) if e))
         errors.append(bad)
-        if ck.rank == 0:
+        if ranks.rank == 0:
             log.error("checkpoint %s is corrupt, falling back to the previous one: %s",
                       cand.path, bad)
             print(f"fi-dist: checkpoint step {cand.step} rejected: {bad}", flush=True)
     if candidates:
         raise layout.CheckpointCorruptError("no loadable checkpoint: " + " | ".join(errors))
     return 0
-
-
-# --- sharded state (FSDP / DTensor) through torch.distributed.checkpoint ----------------
-def _dcp_state(ck: Checkpointer) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_state_dict  # noqa: PLC0415
-
-    optims = [ck.optimizer] if ck.optimizer is not None else []
-    msd, osd = get_state_dict(ck.model, optims)
-    return {"model": msd, "optim": osd} if optims else {"model": msd}
-
-
-def save_sharded(ck: Checkpointer, workdir: str, prefix: str) -> dict[str, layout.FileEntry]:
-    """DCP save (collective, synchronous); on rank 0 the manifest entries of its files."""
-    import torch.distributed.checkpoint as dcp  # noqa: PLC0415
-
-    target = f"{workdir}/{prefix}dcp"
-    if ck.storage.local:
-        writer = dcp.FileSystemWriter(target)
-    else:
-        writer = dcp.FsspecWriter(f"{ck.storage.protocol}://{target}")
-    dcp.save(_dcp_state(ck), storage_writer=writer)
-    entries: dict[str, layout.FileEntry] = {}
-    if ck.rank == 0:
-        for name in ck.storage.listdir(target):
-            data = ck.storage.read_bytes(f"{target}/{name}")
-            entries[f"{prefix}dcp/{name}"] = layout.FileEntry(len(data), layout.sha256(data))
-    return entries
-
-
-def load_sharded(ck: Checkpointer, path: str) -> None:
-    import torch.distributed.checkpoint as dcp  # noqa: PLC0415
-    from torch.distributed.checkpoint.state_dict import set_state_dict  # noqa: PLC0415
-
-    state = _dcp_state(ck)
-    if ck.storage.local:
-        reader = dcp.FileSystemReader(path)
-    else:
-        reader = dcp.FsspecReader(f"{ck.storage.protocol}://{path}")
-    dcp.load(state, storage_reader=reader)
-    optims = [ck.optimizer] if ck.optimizer is not None else []
-    set_state_dict(ck.model, optims, model_state_dict=state["model"],
-                   optim_state_dict=state.get("optim", {}))

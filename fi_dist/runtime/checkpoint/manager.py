@@ -21,26 +21,15 @@ from typing import Any
 import torch
 
 from fi_dist.runtime import heartbeat
-from fi_dist.runtime.checkpoint import layout, loader, writer
+from fi_dist.runtime.checkpoint import layout, loader, sharded, tensorfile, writer
+from fi_dist.runtime.checkpoint.collective import Ranks, process_group
 from fi_dist.runtime.checkpoint.config import CheckpointConfig
 from fi_dist.runtime.checkpoint.preemption import PreemptionMonitor, parse_signals
-from fi_dist.runtime.checkpoint.state import (
-    HostBuffers,
-    is_sharded,
-    rng_state,
-    state_of,
-    to_host,
-    unwrap,
-)
+from fi_dist.runtime.checkpoint.staging import HostStaging
+from fi_dist.runtime.checkpoint.state import TrainState, portable_rng, rng_state, state_of
 from fi_dist.runtime.checkpoint.storage import Storage
 
 log = logging.getLogger("fi_dist.checkpoint")
-
-
-def _dist() -> Any:
-    import torch.distributed as dist  # noqa: PLC0415
-
-    return dist if dist.is_available() and dist.is_initialized() else None
 
 
 class Checkpointer:
@@ -53,7 +42,7 @@ class Checkpointer:
         data_state: an object with ``state_dict()/load_state_dict()`` for the data
             position (a sampler, a StatefulDataLoader), saved per rank.
         **options: :class:`CheckpointConfig` fields (every, keep_last, grace_period,
-            signals, async_save, exit_code, commit_timeout, storage_options).
+            signals, async_save, exit_code, commit_timeout, storage_options, io_threads).
 
     Must be created on the main thread after ``init_process_group`` (it is collective).
     """
@@ -62,31 +51,21 @@ class Checkpointer:
                  scheduler: Any = None, data_state: Any = None, **options: Any) -> None:
         self.cfg = CheckpointConfig(**options)
         self.storage = Storage(str(dir), self.cfg.storage_options)
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.data_state = data_state
-        self.sharded = is_sharded(unwrap(model))
-        dist = _dist()
-        self.rank = dist.get_rank() if dist else 0
-        self.world_size = dist.get_world_size() if dist else 1
-        self.group = None
+        self.state = TrainState(model, optimizer, scheduler, data_state)
+        self.sharded = self.state.sharded
+        # Agreement and part exchange must not ride on NCCL (CPU tensors, side threads).
+        self.ranks = Ranks.current()
+        self.rank, self.world_size = self.ranks.rank, self.ranks.world_size
+        dist = process_group()
         store = None
-        if dist:
-            # Agreement and part exchange must not ride on NCCL (CPU tensors, side threads).
-            if dist.get_backend() != "gloo":
-                self.group = dist.new_group(backend="gloo")
+        if dist is not None:
             store = dist.PrefixStore("fi_dist/", dist.distributed_c10d._get_default_store())
-            box = [uuid.uuid4().hex[:8]]
-            dist.broadcast_object_list(box, src=0, group=self.group)
-            self.nonce = box[0]
-        else:
-            self.nonce = uuid.uuid4().hex[:8]
+        self.nonce: str = self.ranks.broadcast(uuid.uuid4().hex[:8])
         self.exchange = writer.PartExchange(store, self.cfg.commit_timeout)
         self.monitor = PreemptionMonitor(parse_signals(self.cfg.signals), self.rank, store)
         self.monitor.install()
         self.bg = writer.BackgroundWriter()
-        self._buffers = HostBuffers()
+        self._staging = HostStaging()
         self.start_step: int | None = None
         self.last_saved: int | None = None
         self.step_seconds: float | None = None
@@ -102,7 +81,9 @@ class Checkpointer:
     def resume(self) -> int:
         """Load the latest complete checkpoint (collective); returns the step to start from."""
         if self.start_step is None:
-            self.start_step = loader.resume(self)
+            # Nothing else runs during a resume: read up to 4 files at once.
+            threads = max(self.cfg.io_threads or 1, loader.RESUME_THREADS)
+            self.start_step = loader.resume(self.storage, self.state, self.ranks, threads)
             self.last_saved = self.start_step or None
         return self.start_step
 
@@ -133,7 +114,7 @@ class Checkpointer:
 
     def check_preemption(self, step: int) -> None:
         """Step-boundary agreement; on preemption save ``step``, commit and exit (collective)."""
-        agreed, first = self.monitor.agree(self.group)
+        agreed, first = self.monitor.agree(self.ranks.group)
         if not agreed:
             return
         remaining = (first + self.cfg.grace_period - time.time()) if first else None
@@ -184,14 +165,12 @@ class Checkpointer:
         else:
             workdir, prefix = final, f"{self.nonce}/"
         meta = {"reason": reason, "time": time.time(), "prefix": prefix}
-        extra: dict[str, layout.FileEntry] = {}
-        if self.sharded:
-            extra = loader.save_sharded(self, workdir, prefix)
-        # A blocking save stalls the loop anyway: write the live state, skip the copy.
+        threads = self.cfg.io_threads or 1
+        # A blocking save stalls the loop anyway: write the live host state, skip the copy.
         files = self._host_files(copy=not (block or self.sharded))
         plan = writer.SavePlan(step, self.rank, self.world_size, self.nonce, workdir, final,
-                               files, "sharded" if self.sharded else "replicated", meta, extra,
-                               prefix)
+                               files, "sharded" if self.sharded else "replicated", meta,
+                               prefix, threads)
         self.stall_seconds = time.perf_counter() - t0
         copy_seconds = self.stall_seconds
 
@@ -199,31 +178,46 @@ class Checkpointer:
             writer.run_save(self.storage, self.exchange, plan, self._retention)
 
         if block or self.sharded:
-            job()
+            # Sharded state goes through DCP (collective, on this thread) while this
+            # rank's own files are written beside it.
+            alongside = (lambda: sharded.save(self.storage, self.state, workdir, prefix,
+                                              threads)) if self.sharded else None
+            writer.run_save(self.storage, self.exchange, plan, alongside=alongside)
             writer.wait_committed(self.exchange, self.nonce, step, self.cfg.commit_timeout)
             self.save_seconds = time.perf_counter() - t0
             self.stall_seconds = self.save_seconds
             self._check_deadline()
+            if self.rank == 0:
+                # Deleting old checkpoints is no part of this one: the loop goes on while
+                # it runs; the next save (or finish) waits for it.
+                self.bg.submit(self._retention, step)
         else:
             self._pending = (step, copy_seconds)
             self.bg.submit(job, step)
         self.last_saved = step
 
     def _host_files(self, copy: bool) -> dict[str, Any]:
-        def snap(name: str, obj: Any) -> Any:
-            return to_host(obj, self._buffers, (name,)) if copy else obj
+        """This rank's files of a save: name -> state in host memory.
 
+        ``copy``: snapshot host tensors too (async); device tensors are always staged.
+        """
+        def snap(name: str, obj: Any, always: bool = False) -> Any:
+            return self._staging.snapshot(obj, (name,), copy_host=copy or always)
+
+        st, ext = self.state, tensorfile.SUFFIX
         files: dict[str, Any] = {}
         if not self.sharded and self.rank == 0:
-            files["model.pt"] = snap("model", unwrap(self.model).state_dict())
-            if self.optimizer is not None:
-                files["optimizer.pt"] = snap("optimizer", state_of(self.optimizer))
-        if self.rank == 0 and self.scheduler is not None:
-            files["scheduler.pt"] = to_host(state_of(self.scheduler))
-        rank_state: dict[str, Any] = {"rng": loader.portable_rng(rng_state())}
-        if self.data_state is not None:
-            rank_state["data"] = to_host(state_of(self.data_state))
-        files[f"rank-{self.rank:05d}.pt"] = rank_state
+            files[f"model{ext}"] = snap("model", st.module.state_dict())
+            if st.optimizer is not None:
+                files[f"optimizer{ext}"] = snap("optimizer", state_of(st.optimizer))
+        # Small, and their state dicts share lists with the live objects: always copied.
+        if self.rank == 0 and st.scheduler is not None:
+            files[f"scheduler{ext}"] = snap("scheduler", state_of(st.scheduler), always=True)
+        rank_state: dict[str, Any] = {"rng": portable_rng(rng_state())}
+        if st.data_state is not None:
+            rank_state["data"] = state_of(st.data_state)
+        files[f"rank-{self.rank:05d}{ext}"] = snap("rank", rank_state, always=True)
+        self._staging.sync()
         return files
 
     def _account_finished(self) -> None:
@@ -247,9 +241,12 @@ class Checkpointer:
     def _retention(self) -> None:
         if self.cfg.keep_last is None:
             return
-        complete, _ = layout.scan(self.storage)
-        for cand in complete[self.cfg.keep_last:]:
-            self.storage.rm(cand.path)
+        try:
+            complete, _ = layout.scan(self.storage)
+            for cand in complete[self.cfg.keep_last:]:
+                layout.remove(self.storage, cand.path)
+        except Exception as exc:  # never fail a committed save over cleanup
+            log.warning("checkpoint retention failed: %s", exc)
 
     # --- ending ------------------------------------------------------------------------
     def wait(self) -> None:

@@ -1,13 +1,38 @@
-"""What a checkpoint holds and how it leaves the training loop: state dicts, RNG, host copies."""
+"""What a checkpoint holds: the training objects, their state dicts, the RNG states."""
 
 from __future__ import annotations
 
-import copy
 import random
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """The live objects one rank saves from and restores into.
+
+    The loader and the writers take this (not the Checkpointer): what to restore, and
+    nothing about how or when.
+    """
+
+    model: torch.nn.Module
+    """The model; DDP / DataParallel wrappers are looked through (see :func:`unwrap`)."""
+    optimizer: Any = None
+    scheduler: Any = None
+    data_state: Any = None
+    """An object with ``state_dict()/load_state_dict()`` for the data position (per rank)."""
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return unwrap(self.model)
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are sharded (FSDP / DTensor): saved through DCP."""
+        return is_sharded(self.module)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -60,47 +85,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class HostBuffers:
-    """Host-memory copies reused from one save to the next (keyed by position in the state).
-
-    A fresh copy of a large state faults in every page of new memory, which costs more
-    than the copy itself; reusing last save's buffers makes the loop's stall a memcpy.
-    Safe because at most one save is in flight and a new snapshot waits for it.
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[Any, ...], torch.Tensor] = {}
-
-    def copy(self, key: tuple[Any, ...], t: torch.Tensor) -> torch.Tensor:
-        t = t.detach()
-        buf = self._bufs.get(key)
-        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or t.is_sparse \
-                or not t.is_contiguous():
-            buf = t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone()
-            self._bufs[key] = buf
-        else:
-            buf.copy_(t)
-        return buf
+def portable_rng(state: dict[str, Any]) -> dict[str, Any]:
+    """RNG state in types a checkpoint file stores as tensors (numpy's key array -> tensor)."""
+    out = dict(state)
+    if "numpy" in out:
+        kind, keys, pos, has_gauss, cached = out["numpy"]
+        out["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached)
+    return out
 
 
-def to_host(obj: Any, buffers: HostBuffers | None = None, key: tuple[Any, ...] = ()) -> Any:
-    """A deep copy of ``obj`` whose tensors live in host memory, detached from training.
-
-    This copy is the only part of an async save that stalls the loop: after it, the
-    optimizer may change the live tensors while the copy is written in the background.
-    """
-    if isinstance(obj, torch.Tensor):
-        if buffers is not None:
-            return buffers.copy(key, obj)
-        t = obj.detach()
-        return t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone()
-    if isinstance(obj, dict):
-        items = [(k, to_host(v, buffers, (*key, k))) for k, v in obj.items()]
-        return dict(items) if type(obj) is dict else type(obj)(items)
-    if isinstance(obj, list | tuple):
-        out = [to_host(v, buffers, (*key, i)) for i, v in enumerate(obj)]
-        return out if isinstance(obj, list) else tuple(out)
-    return copy.deepcopy(obj)
+def native_rng(state: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`portable_rng`."""
+    out = dict(state)
+    if "numpy" in out:
+        kind, keys, pos, has_gauss, cached = out["numpy"]
+        out["numpy"] = (kind, keys.numpy(), pos, has_gauss, cached)
+    return out
 
 
 def state_of(obj: Any) -> Any:

@@ -9,49 +9,49 @@ is the commit point (see :mod:`fi_dist.runtime.checkpoint.layout`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import ctypes
 import os
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-CHUNK = 8 << 20
-PARALLEL_HASH_MIN = 1 << 20
+from fi_dist.runtime.checkpoint.hashing import XXH3_128, HashingWriter
+
+READ_BUFFER = 1 << 20
+_SYNC_FILE_RANGE_WRITE = 2
 
 
-class HashingWriter:
-    """A write-only file object that hashes and counts what passes through it.
+def _load_sync_file_range() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux / not glibc
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
-    ``torch.save`` writes straight into it, so serialising, checksumming and writing
-    are one pass over the bytes (no second read of a file we just wrote).
+
+_sync_file_range = _load_sync_file_range()
+
+
+def _writeback(fd: int, on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
+    """A byte counter that asks the kernel to start writing each chunk to disk at once.
+
+    Without it the kernel holds dirty pages until the final fsync, so the copy into the
+    page cache and the disk write run one after the other; with it they overlap. It only
+    *starts* writeback (no wait, no durability): the fsync at the end is still what
+    makes the file durable. Where the call is missing it is skipped.
     """
+    offset = 0
 
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f = f
-        self.size = 0
-        self._h = hashlib.sha256()
+    def done(n: int) -> None:
+        nonlocal offset
+        if _sync_file_range is not None and n >= (1 << 20):
+            _sync_file_range(fd, offset, n, _SYNC_FILE_RANGE_WRITE)
+        offset += n
+        if on_bytes is not None:
+            on_bytes(n)
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        n = data.nbytes if isinstance(data, memoryview) else len(data)
-        if n >= PARALLEL_HASH_MIN:
-            # hashlib and file writes both release the GIL on large buffers: hash on a
-            # helper thread while this one writes, so checksums cost (almost) nothing.
-            t = threading.Thread(target=self._h.update, args=(data,))
-            t.start()
-            self.f.write(data)
-            t.join()
-        else:
-            self._h.update(data)
-            self.f.write(data)
-        self.size += n
-        return n
-
-    def flush(self) -> None:
-        self.f.flush()
-
-    @property
-    def sha256(self) -> str:
-        return self._h.hexdigest()
+    return done
 
 
 class Storage:
@@ -101,25 +101,61 @@ class Storage:
         return int(self.fs.size(path))
 
     @contextlib.contextmanager
-    def open_write(self, path: str) -> Iterator[HashingWriter]:
-        """Open ``path`` for writing; on a clean exit the bytes are durable."""
+    def open_write(self, path: str, algo: str = XXH3_128,
+                   on_bytes: Callable[[int], None] | None = None,
+                   durable: bool = True) -> Iterator[HashingWriter]:
+        """Open ``path`` for writing, hashing as it goes.
+
+        Args:
+            durable: fsync before returning. With False the caller must call
+                :meth:`sync_file` later (so it can overlap with other writes).
+        """
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb", buffering=CHUNK) as f:
-                w = HashingWriter(f)
-                yield w
-                f.flush()
-                os.fsync(f.fileno())
+            # Unbuffered: HashingWriter gathers small writes itself and hands large
+            # tensors to the kernel straight from their memory.
+            with open(path, "wb", buffering=0) as f:
+                w = HashingWriter(f, algo, _writeback(f.fileno(), on_bytes))
+                try:
+                    yield w
+                finally:
+                    w.close()
+                if durable:
+                    os.fsync(f.fileno())
         else:
             with self.fs.open(path, "wb") as f:
-                w = HashingWriter(f)
-                yield w
+                w = HashingWriter(f, algo, on_bytes)
+                try:
+                    yield w
+                finally:
+                    w.close()
 
-    def write_bytes(self, path: str, data: bytes) -> tuple[int, str]:
-        """Write ``data`` durably; returns (size, sha256)."""
-        with self.open_write(path) as w:
+    def sync_file(self, path: str) -> None:
+        """Make a file written with ``durable=False`` durable (local; a no-op elsewhere)."""
+        if self.local:
+            _fsync_path(path)
+
+    def write_bytes(self, path: str, data: bytes, algo: str = XXH3_128) -> tuple[int, str]:
+        """Write ``data`` durably; returns (size, checksum)."""
+        with self.open_write(path, algo) as w:
             w.write(data)
-        return w.size, w.sha256
+        return w.size, w.hexdigest
+
+    @contextlib.contextmanager
+    def open_read(self, path: str) -> Iterator[IO[bytes]]:
+        """Open ``path`` for large sequential reads.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+        """
+        if self.local:
+            with open(path, "rb", buffering=READ_BUFFER) as f:
+                with contextlib.suppress(AttributeError, OSError):
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                yield f
+        else:
+            with self.fs.open(path, "rb", block_size=8 << 20) as f:
+                yield f
 
     def read_bytes(self, path: str) -> bytes:
         if self.local:
@@ -132,12 +168,20 @@ class Storage:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(path, recursive=True)
 
+    def rename(self, src: str, dst: str) -> None:
+        """Rename (local only); not made durable (see :meth:`rename_dir`)."""
+        if not self.local:
+            raise NotImplementedError(f"{self.protocol}:// has no atomic rename")
+        os.rename(src, dst)
+
     def rename_dir(self, src: str, dst: str) -> None:
         """Atomically move directory ``src`` to ``dst`` (local only) and make it durable."""
         if not self.local:
             raise NotImplementedError(f"{self.protocol}:// has no atomic rename")
-        # Every file was fsync'd when written; the directory entries need it too.
-        _fsync_path(src)
+        # Every file was fsync'd when written; the directory entries need it too
+        # (subdirectories included: DCP's shards live in dcp/).
+        for sub, _, _ in os.walk(src):
+            _fsync_path(sub)
         os.rename(src, dst)
         _fsync_path(os.path.dirname(dst))
 

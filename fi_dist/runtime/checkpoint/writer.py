@@ -3,8 +3,9 @@
 The protocol (the same for a synchronous and a background save):
 
 1. every rank writes its files into the save's directory (a temporary directory on a
-   local file system), fsync'd, hashing the bytes as they are written;
-2. every rank publishes ``{file: size, sha256}`` (or its error) under the save's key
+   local file system), several at once on a small bounded pool, each fsync'd and hashed
+   as it is written (tensor bytes go from their memory to the kernel, see tensorfile);
+2. every rank publishes ``{file: size, checksum}`` (or its error) under the save's key
    in the c10d store (a plain dict in a single process): no collective, so this
    works from a background thread while the loop runs its own collectives;
 3. the coordinator (rank 0) waits for all parts, writes the manifest LAST, fsyncs and
@@ -20,12 +21,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from fi_dist.runtime.checkpoint import layout
+from fi_dist.runtime.checkpoint import layout, tensorfile
+from fi_dist.runtime.checkpoint.progress import Meter
 from fi_dist.runtime.checkpoint.storage import Storage
 
 log = logging.getLogger("fi_dist.checkpoint")
@@ -43,13 +44,13 @@ class SavePlan:
     """Where the files go: a temporary directory, or the final one on object stores."""
     final: str
     files: dict[str, Any]
-    """File name (relative to ``workdir``) -> host-memory object for ``torch.save``."""
+    """File name (relative to ``workdir``) -> host-memory state for a tensor file."""
     mode: str = "replicated"
     meta: dict[str, Any] = field(default_factory=dict)
-    extra_entries: dict[str, layout.FileEntry] = field(default_factory=dict)
-    """Files already written by someone else (DCP) that the manifest must list."""
     prefix: str = ""
     """Subdirectory of ``final`` the files live in on object stores (see layout)."""
+    threads: int = 1
+    """Files written at once (each also has a hashing helper)."""
 
 
 class PartExchange:
@@ -94,21 +95,55 @@ def done_key(nonce: str, step: int) -> str:
 
 
 def write_files(storage: Storage, plan: SavePlan) -> dict[str, layout.FileEntry]:
-    entries: dict[str, layout.FileEntry] = {}
-    for name, obj in plan.files.items():
+    """Write this rank's files (largest first, ``plan.threads`` at a time); their entries."""
+    prepared = {name: tensorfile.Prepared(obj) for name, obj in plan.files.items()}
+    meter = Meter("save", plan.step, sum(p.size for p in prepared.values()), plan.rank)
+
+    # Each file's fsync runs on its own helper while the next file is written.
+    syncer = ThreadPoolExecutor(len(prepared) or 1, thread_name_prefix="fi-dist-fsync")
+    syncs: list[Future[None]] = []
+
+    def write_one(name: str) -> tuple[str, layout.FileEntry]:
         rel = f"{plan.prefix}{name}"
-        with storage.open_write(f"{plan.workdir}/{rel}") as w:
-            torch.save(obj, w)
-        entries[rel] = layout.FileEntry(w.size, w.sha256)
+        path = f"{plan.workdir}/{rel}"
+        with storage.open_write(path, on_bytes=meter.add, durable=False) as w:
+            prepared[name].write_to(w)
+        syncs.append(syncer.submit(storage.sync_file, path))
+        return rel, layout.FileEntry(w.size, w.hexdigest)
+
+    order = sorted(prepared, key=lambda n: prepared[n].size, reverse=True)
+    try:
+        if plan.threads > 1 and len(order) > 1:
+            with ThreadPoolExecutor(min(plan.threads, len(order)),
+                                    thread_name_prefix="fi-dist-write") as pool:
+                entries = dict(pool.map(write_one, order))
+        else:
+            entries = dict(map(write_one, order))
+        for fut in syncs:
+            fut.result()
+    finally:
+        syncer.shutdown(wait=True)
+    meter.finish()
     return entries
 
 
 def run_save(storage: Storage, exchange: PartExchange, plan: SavePlan,
-             retention: Callable[[], None] | None = None) -> None:
-    """Steps 1-3 of the protocol for this rank; raises what went wrong here."""
+             retention: Callable[[], None] | None = None,
+             alongside: Callable[[], dict[str, layout.FileEntry]] | None = None) -> None:
+    """Steps 1-3 of the protocol for this rank; raises what went wrong here.
+
+    Args:
+        alongside: more files to write on this thread while the plan's files are written
+            on a helper (DCP's collective save); returns their manifest entries.
+    """
     try:
-        entries = write_files(storage, plan)
-        part: dict[str, Any] = {k: [e.size, e.sha256] for k, e in entries.items()}
+        if alongside is None:
+            written = write_files(storage, plan)
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="fi-dist-write") as pool:
+                own = pool.submit(write_files, storage, plan)
+                written = {**alongside(), **own.result()}
+        part: dict[str, Any] = {k: e.to_json() for k, e in written.items()}
     except BaseException as exc:
         exchange.set(part_key(plan.nonce, plan.step, plan.rank),
                      json.dumps({"__error__": f"rank {plan.rank}: {type(exc).__name__}: {exc}"}))
@@ -122,19 +157,19 @@ def commit(storage: Storage, exchange: PartExchange, plan: SavePlan,
            retention: Callable[[], None] | None) -> None:
     key = done_key(plan.nonce, plan.step)
     try:
-        files = dict(plan.extra_entries)
+        files: dict[str, layout.FileEntry] = {}
         for r in range(plan.world_size):
             part = json.loads(exchange.get(part_key(plan.nonce, plan.step, r)))
             if "__error__" in part:
                 raise layout.CheckpointError(f"step {plan.step} not committed: {part['__error__']}")
-            files.update({k: layout.FileEntry(*v) for k, v in part.items()})
+            files.update({k: layout.FileEntry.from_json(v) for k, v in part.items()})
         manifest = layout.Manifest(step=plan.step, world_size=plan.world_size, mode=plan.mode,
                                    files=files, meta=plan.meta)
         data = manifest.to_bytes()
         if storage.atomic_rename:
             storage.write_bytes(f"{plan.workdir}/{layout.MANIFEST}", data)
             if storage.exists(plan.final):
-                storage.rm(plan.final)  # an older, invalid save of the same step
+                layout.remove(storage, plan.final)  # an older, invalid save of the same step
             storage.rename_dir(plan.workdir, plan.final)
         else:
             # No rename on object stores: one PUT of the manifest is the commit.

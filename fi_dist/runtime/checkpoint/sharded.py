@@ -1,0 +1,155 @@
+"""Sharded state (FSDP1, FSDP2 / DTensor) through torch.distributed.checkpoint (DCP).
+
+DCP plans and reshards; the bytes go through fi-dist's own storage layer
+(:mod:`~fi_dist.runtime.checkpoint.dcp_storage`): every rank writes its pieces into
+``dcp/__<rank>_<n>.distcp`` on ``threads`` threads, checksummed as they are written,
+and lists its files in its part of the manifest.
+
+On load every rank reads and verifies ``.metadata`` before the ranks agree; then DCP
+loads, and each rank streams its own files (``__<rank>_*``) into the live shards,
+verifying them as they are read (a damaged file fails the load on every rank alike).
+Format-1 checkpoints (DCP's own file format): each rank verifies its share of the files
+before the ranks agree, and DCP's own reader loads them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fi_dist.runtime.checkpoint import layout
+from fi_dist.runtime.checkpoint.hashing import XXH3_128, HashingReader
+from fi_dist.runtime.checkpoint.progress import Meter
+from fi_dist.runtime.checkpoint.state import TrainState
+from fi_dist.runtime.checkpoint.storage import Storage
+
+DIRNAME = "dcp"
+_OWNER = re.compile(r"^__(\d+)_")
+
+
+def _state(state: TrainState) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict  # noqa: PLC0415
+
+    optims = [state.optimizer] if state.optimizer is not None else []
+    msd, osd = get_state_dict(state.model, optims)
+    return {"model": msd, "optim": osd} if optims else {"model": msd}
+
+
+def _base(path: Any) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def writer_rank(name: str) -> int:
+    """The rank that wrote shard file ``name`` (``__<rank>_<n>.distcp``; others: rank 0)."""
+    m = _OWNER.match(_base(name))
+    return int(m.group(1)) if m else 0
+
+
+def save(storage: Storage, state: TrainState, workdir: str, prefix: str,
+         threads: int) -> dict[str, layout.FileEntry]:
+    """DCP save of the sharded state (collective, synchronous).
+
+    Returns:
+        The manifest entries (relative to the checkpoint directory) of the files this
+        rank wrote.
+    """
+    import torch.distributed.checkpoint as dcp  # noqa: PLC0415
+
+    from fi_dist.runtime.checkpoint.dcp_storage import ShardWriter  # noqa: PLC0415
+
+    writer = ShardWriter(storage, f"{workdir}/{prefix}{DIRNAME}", threads)
+    dcp.save(_state(state), storage_writer=writer)
+    return {f"{prefix}{DIRNAME}/{name}": e for name, e in writer.entries.items()}
+
+
+def verify_file(storage: Storage, path: str, entry: layout.FileEntry | None,
+                meter: Meter | None = None) -> tuple[int, str]:
+    """Read ``path`` through a reused buffer, hashing; check it against ``entry`` if given.
+
+    Raises:
+        CheckpointCorruptError: naming ``path``: missing, or size / checksum differ.
+    """
+    algo = entry.algo if entry is not None else XXH3_128
+    try:
+        with storage.open_read(path) as f:
+            r = HashingReader(f, algo, meter.add if meter else None)
+            try:
+                r.drain()
+            finally:
+                digest = r.hexdigest()
+    except FileNotFoundError:
+        raise layout.CheckpointCorruptError(f"{path}: missing") from None
+    if entry is not None:
+        layout.check(entry, r.size, digest, path)
+    return r.size, digest
+
+
+def read_image(storage: Storage, path: str, entry: layout.FileEntry,
+               on_bytes: Callable[[int], None] | None = None) -> torch.Tensor:
+    """The whole file at ``path`` as a uint8 tensor, read with large reads and verified.
+
+    Raises:
+        CheckpointCorruptError: naming ``path``: missing, or size / checksum differ.
+    """
+    image = torch.empty(entry.size, dtype=torch.uint8)
+    try:
+        with storage.open_read(path) as f:
+            r = HashingReader(f, entry.algo, on_bytes)
+            try:
+                r.readinto(image.numpy())
+                eof = r.at_eof()
+            finally:
+                digest = r.hexdigest()
+    except FileNotFoundError:
+        raise layout.CheckpointCorruptError(f"{path}: missing") from None
+    layout.check(entry, r.size if eof else r.size + 1, digest, path)
+    return image
+
+
+def load(storage: Storage, state: TrainState, path: str, manifest: layout.Manifest,
+         prefix: str, world: tuple[int, int], metadata: bytes | None,
+         meter: Meter | None = None) -> None:
+    """DCP load into the live model and optimizer (collective).
+
+    Args:
+        path: the checkpoint's ``dcp`` directory.
+        manifest: the checkpoint's manifest (format; entries to verify what is read).
+        prefix: the files' prefix in the manifest.
+        world: (this rank, world size): which files this rank streams and verifies.
+        metadata: format 2: the ``.metadata`` bytes, read and verified already.
+
+    Raises:
+        CheckpointCorruptError: on every rank alike, when a shard file fails its check
+            on any rank (format 2; the live state may then be partly overwritten).
+    """
+    import torch.distributed.checkpoint as dcp  # noqa: PLC0415
+    from torch.distributed.checkpoint.api import CheckpointException  # noqa: PLC0415
+    from torch.distributed.checkpoint.state_dict import set_state_dict  # noqa: PLC0415
+
+    from fi_dist.runtime.checkpoint.dcp_storage import METADATA, ShardReader  # noqa: PLC0415
+
+    sd = _state(state)
+    reader: Any
+    if manifest.format >= 2:
+        lead = f"{prefix}{DIRNAME}/"
+        entries = {n[len(lead):]: e for n, e in manifest.files.items() if n.startswith(lead)}
+        rank, world_size = world
+        mine = {n for n in entries if n != METADATA and writer_rank(n) % world_size == rank}
+        reader = ShardReader(storage, path, entries, mine, metadata or b"",
+                             meter.add if meter else None)
+    elif storage.local:
+        reader = dcp.FileSystemReader(path)
+    else:
+        reader = dcp.FsspecReader(f"{storage.protocol}://{path}")
+    try:
+        dcp.load(sd, storage_reader=reader)
+    except CheckpointException as exc:  # DCP raises it on every rank, with every failure
+        why = "; ".join(dict.fromkeys(str(f[0]) if isinstance(f, tuple) else str(f)
+                                      for f in exc.failures.values()))
+        raise layout.CheckpointCorruptError(why) from None
+    optims = [state.optimizer] if state.optimizer is not None else []
+    set_state_dict(state.model, optims, model_state_dict=sd["model"],
+                   optim_state_dict=sd.get("optim", {}))
