@@ -25,10 +25,12 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check fi_dist launchers tests bench examples
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -v -p no:cacheprovider --durations=25 tests
 
 lint: setup
 	$(BIN)/ruff check fi_dist launchers tests bench examples
+	$(BIN)/python -m mypy
 
 bench: setup
 	$(BIN)/python bench/launch_bench.py

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     start = 0
     ckpt = None
     if args.ckpt_dir and args.ckpt_every > 0:
-        from fi_dist.runtime.checkpoint import Checkpointer  # noqa: PLC0415
+        from fi_dist.runtime.checkpoint import Checkpointer
 
         ckpt = Checkpointer(args.ckpt_dir, model=ddp, optimizer=opt, every=args.ckpt_every)
         start = ckpt.resume()

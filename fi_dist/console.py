@@ -49,7 +49,7 @@ class LiveView(PlainView):
         self._nproc = 1
         self._live: Any = None
 
-    def _table(self):  # noqa: ANN202 - rich type kept out of the signature
+    def _table(self):
         from rich.table import Table
 
         table = Table(title="fi-dist", expand=False)

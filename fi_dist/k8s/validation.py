@@ -70,7 +70,7 @@ def _load_crd(path: str) -> dict[str, Any]:
     # CRDs are large (up to 1.4 MB): libyaml's loader is ~10x faster when available.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(path) as fh:
-        return yaml.load(fh, Loader=loader)  # noqa: S506 - a safe loader
+        return yaml.load(fh, Loader=loader)
 
 
 def load_crd(kind: str, crds_dir: Path | None = None) -> dict[str, Any]:

@@ -93,7 +93,7 @@ class BoundedHandler(BaseHTTPRequestHandler):
         super().setup()
         self.rfile = io.BufferedReader(_Prefixed(self.prefix, self.connection))
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+    def log_message(self, format: str, *args: Any) -> None:
         self.server.log.debug("%s " + format, self.client_address[0], *args)
 
 

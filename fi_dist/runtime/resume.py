@@ -271,7 +271,7 @@ class _Handler(BoundedHandler):
                                    "Bearer <token>')"})
         return False
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if not self._authorized():
             return
         if self.path != "/status":
@@ -280,7 +280,7 @@ class _Handler(BoundedHandler):
         srv = self.server.resume
         self._reply(200, {"generation": generation.latest(srv.store), **srv.status()})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if not self._authorized():
             return  # its body is never read
         if self.path != "/resume":
@@ -306,7 +306,7 @@ class _Handler(BoundedHandler):
         if self._authorized():
             self._reply(405, {"error": f"{self.command} is not served here"})
 
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = _not_allowed  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = _not_allowed
 
 
 class _Server(BoundedHTTPServer):

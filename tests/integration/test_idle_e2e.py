@@ -80,7 +80,7 @@ else:
 
 
 class _Hook(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.events.append(json.loads(body))
         self.send_response(204)

@@ -105,7 +105,7 @@ def _wait_all_ranks_running(workdir: Path, n: int = 4, timeout: float = 120) -> 
             ranks = run.ranks()
             if len(ranks) == n and all(r.get("state") == "running" for r in ranks.values()):
                 return run
-        except Exception:  # noqa: BLE001 - not started yet
+        except Exception:
             pass
         time.sleep(0.2)
     raise AssertionError("ranks did not come up")

@@ -121,7 +121,7 @@ def test_reload_function_sees_the_edited_file(tmp_path: Path) -> None:
                    "def step(x):\n    return x + 1\n")
     sys.path.insert(0, str(tmp_path))
     try:
-        import mod_under_edit  # noqa: PLC0415
+        import mod_under_edit
 
         fn = mod_under_edit.step.__wrapped__.fn
         file = source_file_of(fn)

@@ -27,7 +27,7 @@ EVENT = IdleEvent("warn", "run-1", 3, "idle for 1500s; ending in 300s", idle_for
 
 
 class _Hook(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.received.append((self.headers["Content-Type"], json.loads(body)))
         self.send_response(self.server.status)
@@ -53,7 +53,7 @@ class _Inbox:
     def __init__(self):
         self.messages = []
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd hook
+    async def handle_DATA(self, server, session, envelope):
         self.messages.append((envelope.mail_from, envelope.rcpt_tos, envelope.content))
         return "250 OK"
 

@@ -129,16 +129,16 @@ def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
                                         "status": "Success"})
             return self._status(405, "MethodNotAllowed")
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._handle("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._handle("POST")
 
-        def do_DELETE(self) -> None:  # noqa: N802
+        def do_DELETE(self) -> None:
             self._handle("DELETE")
 
-        def do_PATCH(self) -> None:  # noqa: N802
+        def do_PATCH(self) -> None:
             self._handle("PATCH")
 
     return Handler

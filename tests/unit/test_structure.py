@@ -121,3 +121,25 @@ def test_the_checker_sees_a_cycle() -> None:
     """The finder itself: a cycle is reported, a package importing its submodule is not."""
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
     assert find_cycles({"p": {"p.x"}, "p.x": {"q"}, "q": set()}) == []
+
+
+PROCESS_MODULES = {"subprocess", "multiprocessing", "torch.multiprocessing", "pty"}
+
+
+def test_unit_tests_start_no_process() -> None:
+    """tests/unit means no process start: those tests live in tests/integration or dist."""
+    offenders = []
+    for path in sorted((REPO / "tests" / "unit").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Attribute) and node.attr in ("fork", "spawn", "system",
+                                                                   "posix_spawn"):
+                names = [f"os.{node.attr}"] if getattr(node.value, "id", "") == "os" else []
+            offenders += [f"{path.name}: {n}" for n in names
+                          if n in PROCESS_MODULES or n.startswith("os.")]
+    assert not offenders, offenders

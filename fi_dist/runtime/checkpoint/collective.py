@@ -14,7 +14,7 @@ import torch
 
 def process_group() -> Any:
     """``torch.distributed`` when a default process group is initialised, else None."""
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() else None
 

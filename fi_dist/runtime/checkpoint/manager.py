@@ -117,7 +117,8 @@ class Checkpointer:
         agreed, first = self.monitor.agree(self.ranks.group)
         if not agreed:
             return
-        remaining = (first + self.cfg.grace_period - time.time()) if first else None
+        grace = self.cfg.grace_period if self.cfg.grace_period is not None else 0.0
+        remaining = (first + grace - time.time()) if first else None
         predicted = self.save_seconds
         who = self.monitor.remote or f"{self.rank}:{self.monitor.signum}"
         log.warning("rank %d: preemption (%s): saving step %d; %s s of grace left, last save "

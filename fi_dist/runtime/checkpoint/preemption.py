@@ -33,7 +33,7 @@ def parse_signals(signals: tuple[str | int | signal.Signals, ...] | list[Any]) -
     Raises:
         ValueError: naming the entry that is not a catchable signal.
     """
-    out = []
+    out: list[signal.Signals] = []
     for s in signals:
         try:
             if isinstance(s, str):
@@ -129,8 +129,8 @@ class PreemptionMonitor:
 
     def agree(self, group: Any = None) -> tuple[bool, float | None]:
         """Collective over ``group``: (does any rank know of a preemption, first signal time)."""
-        import torch  # noqa: PLC0415
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch
+        import torch.distributed as dist
 
         first = self.first_time()
         if not (dist.is_available() and dist.is_initialized()):

@@ -31,7 +31,7 @@ _OWNER = re.compile(r"^__(\d+)_")
 
 
 def _state(state: TrainState) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_state_dict  # noqa: PLC0415
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     optims = [state.optimizer] if state.optimizer is not None else []
     msd, osd = get_state_dict(state.model, optims)
@@ -56,9 +56,9 @@ def save(storage: Storage, state: TrainState, workdir: str, prefix: str,
         The manifest entries (relative to the checkpoint directory) of the files this
         rank wrote.
     """
-    import torch.distributed.checkpoint as dcp  # noqa: PLC0415
+    import torch.distributed.checkpoint as dcp
 
-    from fi_dist.runtime.checkpoint.dcp_storage import ShardWriter  # noqa: PLC0415
+    from fi_dist.runtime.checkpoint.dcp_storage import ShardWriter
 
     writer = ShardWriter(storage, f"{workdir}/{prefix}{DIRNAME}", threads)
     dcp.save(_state(state), storage_writer=writer)
@@ -125,11 +125,11 @@ def load(storage: Storage, state: TrainState, path: str, manifest: layout.Manife
         CheckpointCorruptError: on every rank alike, when a shard file fails its check
             on any rank (format 2; the live state may then be partly overwritten).
     """
-    import torch.distributed.checkpoint as dcp  # noqa: PLC0415
-    from torch.distributed.checkpoint.api import CheckpointException  # noqa: PLC0415
-    from torch.distributed.checkpoint.state_dict import set_state_dict  # noqa: PLC0415
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    from fi_dist.runtime.checkpoint.dcp_storage import METADATA, ShardReader  # noqa: PLC0415
+    from fi_dist.runtime.checkpoint.dcp_storage import METADATA, ShardReader
 
     sd = _state(state)
     reader: Any
@@ -143,7 +143,7 @@ def load(storage: Storage, state: TrainState, path: str, manifest: layout.Manife
     elif storage.local:
         reader = dcp.FileSystemReader(path)
     else:
-        reader = dcp.FsspecReader(f"{storage.protocol}://{path}")
+        reader = dcp.FsspecReader(f"{storage.protocol}://{path}")  # type: ignore[attr-defined]
     try:
         dcp.load(sd, storage_reader=reader)
     except CheckpointException as exc:  # DCP raises it on every rank, with every failure

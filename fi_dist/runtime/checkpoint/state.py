@@ -37,7 +37,7 @@ class TrainState:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module under DistributedDataParallel / DataParallel (saved without ``module.``)."""
-    from torch.nn.parallel import DataParallel, DistributedDataParallel  # noqa: PLC0415
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
 
     while isinstance(model, DistributedDataParallel | DataParallel):
         model = model.module
@@ -61,7 +61,7 @@ def rng_state() -> dict[str, Any]:
     """This process's RNG states: python, numpy, torch CPU and every CUDA device."""
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     try:
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         state["numpy"] = np.random.get_state()
     except ImportError:
@@ -78,7 +78,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "torch" in state:
         torch.set_rng_state(state["torch"])
     if "numpy" in state:
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():

@@ -58,7 +58,7 @@ class Storage:
     """A checkpoint root (local directory or fsspec URL) and the operations on it."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        import fsspec  # noqa: PLC0415  (fsspec is light, but keep module import cheap)
+        import fsspec
 
         if not url:
             raise ValueError("checkpoint dir must be a non-empty path or URL")

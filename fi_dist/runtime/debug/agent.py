@@ -311,9 +311,9 @@ def _start_lazy() -> bool:
         ensure_tracing()  # a pause only lands on a traced thread
         return suspend(self, db, thread_id)
 
-    PyDevdAPI.request_suspend_thread = request_suspend_thread  # type: ignore[method-assign]
+    PyDevdAPI.request_suspend_thread = request_suspend_thread
     pydev_monkey.disable_trace_thread_modules()
-    threading.settrace(None)  # type: ignore[arg-type]
+    threading.settrace(None)
     debugpy.trace_this_thread(False)
     return True
 

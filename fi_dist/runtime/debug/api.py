@@ -53,7 +53,7 @@ def _wait_key(store: Any, key: str) -> None:
         time.sleep(POLL)
 
 
-def breakpoint(rank: int | None = None) -> None:  # noqa: A001 - the public name is the point
+def breakpoint(rank: int | None = None) -> None:
     """Stop every rank at this line, or only ``rank`` while the others wait.
 
     Args:

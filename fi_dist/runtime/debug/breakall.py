@@ -317,9 +317,9 @@ def step(rank: Rank, event: Event) -> tuple[Rank, tuple[Action, ...]]:
             if s in _PAUSED and epoch == rank.epoch:
                 # Under load the agent may run late or the in-process suspend may not
                 # take: the pause also goes through the adapter, re-sent until a stop.
-                first = (Do.DAP_PAUSE, AskStack(epoch)) if attempt == 0 else (
-                    Do.PAUSE, Do.DAP_PAUSE)
-                return rank, (*first, After(retry_delay(attempt),
+                resend: tuple[Action, ...] = (
+                    (Do.DAP_PAUSE, AskStack(epoch)) if attempt == 0 else (Do.PAUSE, Do.DAP_PAUSE))
+                return rank, (*resend, After(retry_delay(attempt),
                                             PauseOverdue(epoch, attempt + 1)))
         case Blocked(epoch=epoch, summary=summary, stack=stack):
             if s is RankState.PAUSING and epoch == rank.epoch:

@@ -95,7 +95,7 @@ class Upstream:
                         breakpoints: dict[str, dict[str, Any]]) -> None:
         """attach, the root's breakpoints and exception filters, configurationDone."""
         attach = self.request("attach", attach_args)
-        ready = asyncio.ensure_future(self._initialized.wait())
+        ready: asyncio.Future[Any] = asyncio.ensure_future(self._initialized.wait())
         await asyncio.wait([attach, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             ready.cancel()
