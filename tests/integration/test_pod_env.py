@@ -90,10 +90,10 @@ def run_pods(documents: list[dict], cwd: Path) -> dict[int, dict]:
             output.append(f"--- {pod.name} exit {p.returncode}\n{out}")
             assert p.returncode == 0, "\n".join(output)[-4000:]
             for line in out.splitlines():
-                if "PROBE " in line:
-                    # raw_decode: another process's write may share the line (several
-                    # writers on one pipe; print's text and newline are two writes).
-                    view, _ = json.JSONDecoder().raw_decode(line.split("PROBE ", 1)[1])
+                # raw_decode, every occurrence: another rank's write may share the line
+                # (several writers on one pipe; print's text and newline are two writes).
+                for chunk in line.split("PROBE ")[1:]:
+                    view, _ = json.JSONDecoder().raw_decode(chunk)
                     views[view["rank"]] = view
     finally:
         stop_pods(run_id, procs)
