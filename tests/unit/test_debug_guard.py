@@ -74,3 +74,24 @@ def test_a_rank_refuses_a_hub_that_cannot_prove_the_token() -> None:
     assert not handshake.check_hub("secret", ask["challenge"], hello,
                                    handshake.hub_proof("guess", ask["challenge"], hello))
     assert not handshake.check_hub("secret", ask["challenge"], hello, None)
+
+
+def test_an_agent_whose_hub_is_gone_stops_redialling_and_says_so(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from fi_dist.runtime.debug import agent
+    from fi_dist.runtime.environment import RankEnvironment
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(agent, "REDIAL_LIMIT", 0.5)
+    env = RankEnvironment.from_env({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0",
+                                    "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1",
+                                    "TORCHELASTIC_RUN_ID": "t"})
+    rank_agent = agent.RankAgent(env, ("127.0.0.1", port), "tok", link=None)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="fi_dist.debug.agent"):
+        rank_agent.run()  # returns: it gave up
+    assert rank_agent.gave_up.is_set()
+    assert any("gave up reaching the debug hub" in r.getMessage() for r in caplog.records)
