@@ -25,7 +25,7 @@ from fi_dist.spec import JobSpec
 # Flags of `run` that map onto JobSpec fields; None means "not given on the command line".
 _RUN_FIELDS = ("nnodes", "nproc_per_node", "master_port", "launcher", "name",
                "max_restarts", "grace_period", "image", "namespace", "checkpoint_uri",
-               "network_policy")
+               "network_policy", "module", "no_python", "pod_entrypoint")
 # `--idle-X` flags map onto IdleSpec field X (docs/idle.md); any of them turns culling on.
 _IDLE_FIELDS = ("timeout", "threshold", "interval", "warn_lead", "dry_run", "sampler",
                 "hang_factor", "webhook", "email", "smtp", "email_from")
@@ -122,6 +122,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--network-policy", dest="network_policy", action="store_true",
                    default=None, help="pytorchjob: also create a NetworkPolicy that lets only "
                    "the job's own pods reach its pods (rendezvous and hub rank ports)")
+    p.add_argument("-m", "--module", action="store_true", default=None,
+                   help="run SCRIPT as a module, like python -m (torchrun's -m)")
+    p.add_argument("--no-python", dest="no_python", action="store_true", default=None,
+                   help="SCRIPT is a program (on PATH or a path), run without python; a "
+                   "Python console script (pyflyte-execute) still runs in the rank's python")
+    p.add_argument("--pod-entrypoint", dest="pod_entrypoint", action="store_true",
+                   default=None, help="local: each node runs the target itself as its pod's "
+                   "entrypoint with the operator's pod env, no node agent or torchrun "
+                   "(a Flyte PyTorch task's pods; docs/flyte.md)")
     p.add_argument("--config", default=None, help="job spec file (.toml/.yaml) from configs/")
     _add_idle_flags(p)
     _add_debug_flags(p)

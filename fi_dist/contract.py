@@ -76,15 +76,45 @@ def detect_launcher(env: Mapping[str, str] | None = None) -> LauncherKind:
 
 
 # --- the runtime's entry points ------------------------------------------------------
-def node_agent_command(script: str, args: list[str], python: str = sys.executable
-                       ) -> list[str]:
+MODULE_FLAG = "--module"
+"""Leading argument of a rank's target: run SCRIPT as a module (torchrun's ``-m``)."""
+NO_PYTHON_FLAG = "--no-python"
+"""Leading argument of a rank's target: run SCRIPT as a program (torchrun's ``--no-python``)."""
+IDLE_READY = "fi-dist-idle-ready"
+"""The line a node's idle culler process prints once it watches (``fi-dist-idle-ready K``)."""
+IDLE_EXIT_CODE = 75
+"""Exit code of a node the idle culler ended: in 1..127, so ``restartPolicy: ExitCode``
+and ``--max-restarts`` never restart a job nobody uses (docs/idle.md)."""
+
+
+def target_args(script: str, args: list[str], module: bool = False,
+                no_python: bool = False) -> list[str]:
+    """A rank's target as the node agent and :mod:`fi_dist.runtime.rank_main` take it."""
+    flag = [MODULE_FLAG] if module else [NO_PYTHON_FLAG] if no_python else []
+    return [*flag, script, *args]
+
+
+def node_agent_command(script: str, args: list[str], python: str = sys.executable, *,
+                       module: bool = False, no_python: bool = False) -> list[str]:
     """What one node ("pod") runs: torchrun's semantics around ``nproc_per_node`` ranks."""
-    return [python, "-m", "fi_dist.runtime.node_agent", script, *args]
+    return [python, "-m", "fi_dist.runtime.node_agent",
+            *target_args(script, args, module, no_python)]
 
 
-def rank_command(script: str, args: list[str], python: str = sys.executable) -> list[str]:
+def rank_command(script: str, args: list[str], python: str = sys.executable, *,
+                 module: bool = False, no_python: bool = False) -> list[str]:
     """What one rank runs when no node agent starts it (Ray actors, Trainer v2's torchrun)."""
-    return [python, "-m", "fi_dist.runtime.rank_main", script, *args]
+    return [python, "-m", "fi_dist.runtime.rank_main",
+            *target_args(script, args, module, no_python)]
+
+
+def program_command(script: str, args: list[str], python: str = sys.executable, *,
+                    module: bool = False, no_python: bool = False) -> list[str]:
+    """The target on its own, as a pod's entrypoint runs it (no node agent, no rank_main):
+    ``python SCRIPT``, ``python -m MODULE`` or ``PROGRAM``."""
+    if no_python:
+        return [script, *args]
+    return [python, *(["-m"] if module else []), script, *args]
 
 
 def hub_command(rank_host: str, python: str = sys.executable) -> list[str]:
@@ -93,6 +123,16 @@ def hub_command(rank_host: str, python: str = sys.executable) -> list[str]:
     It prints :data:`HUB_READY` with its two ports once both listen.
     """
     return [python, "-m", "fi_dist.runtime.debug.hub", "--rank-host", rank_host]
+
+
+def idle_command(node: int, python: str = sys.executable) -> list[str]:
+    """Node ``node``'s idle culler as a process of its own (a Ray node has no node agent);
+    its settings and run directory come from the environment (:meth:`JobContract.to_env`).
+
+    It prints :data:`IDLE_READY` once it watches, and exits :data:`IDLE_EXIT_CODE` after
+    it ended the node.
+    """
+    return [python, "-m", "fi_dist.runtime.idle", "--node", str(node)]
 
 
 # --- how values are written and read -------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 from fi_dist.errors import ConfigError
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def _check_port(name: str, value: int, allow_zero: bool = False) -> None:
@@ -88,7 +89,8 @@ class IdleSpec:
     threshold: float = 5.0
     """Utilisation percent (GPU, or CPU of a rank process) under which it counts as idle."""
     interval: float = 10.0
-    """Seconds between two samples; detection takes at most timeout + 2 intervals."""
+    """Seconds between two samples; detection takes at most timeout + 2 intervals. One
+    over a third of ``timeout`` is clamped to it (:attr:`sample_interval`)."""
     warn_lead: float = 300.0
     """Seconds before ending that the warning goes out (at most half the timeout)."""
     dry_run: bool = False
@@ -114,9 +116,6 @@ class IdleSpec:
         _check_non_negative("idle.warn_lead", self.warn_lead)
         if not isinstance(self.threshold, int | float) or not 0 < self.threshold <= 100:
             raise ConfigError(f"idle.threshold must be a percent in (0, 100], got {self.threshold!r}")
-        if self.interval > self.timeout:
-            raise ConfigError(f"idle.interval ({self.interval!r}s) must not exceed "
-                              f"idle.timeout ({self.timeout!r}s)")
         if self.sampler not in _IDLE_SAMPLERS:
             raise ConfigError(f"idle.sampler must be one of {', '.join(_IDLE_SAMPLERS)}, "
                               f"got {self.sampler!r}")
@@ -134,15 +133,38 @@ class IdleSpec:
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"idle.smtp must be HOST:PORT, got {self.smtp!r}")
 
+    @property
+    def sample_interval(self) -> float:
+        """The period the culler samples at: ``interval``, at most a third of ``timeout``,
+        so an idle node is ended within the window + 2 samples, not 3 windows later."""
+        return min(float(self.interval), self.timeout / 3)
+
+    def interval_note(self) -> str | None:
+        """Why :attr:`sample_interval` differs from ``interval`` (None when it does not)."""
+        if self.sample_interval >= self.interval:
+            return None
+        return (f"idle: interval {self.interval:g}s is more than a third of the "
+                f"{self.timeout:g}s window; sampling every {self.sample_interval:.3g}s "
+                "instead (set --idle-interval to at most timeout/3 to choose)")
+
 
 @dataclass
 class JobSpec:
     """One distributed training job, independent of where it runs."""
 
     script: str
-    """Training script, run unmodified as under torchrun."""
+    """Training script, run unmodified as under torchrun (a module with ``module``, a
+    program with ``no_python``)."""
     script_args: list[str] = field(default_factory=list)
     """Arguments passed to the script."""
+    module: bool = False
+    """Run ``script`` as a module, like ``python -m`` (torchrun's ``-m``)."""
+    no_python: bool = False
+    """Run ``script`` as a program (on PATH or a path), not through ``python`` (torchrun's
+    ``--no-python``); a Python console script still runs in the rank's interpreter."""
+    pod_entrypoint: bool = False
+    """Local launcher: each node runs the target itself as its pod's entrypoint, with the
+    operator's pod env and no node agent or torchrun (a Flyte ``PyTorch`` task's pod)."""
     name: str = "fi-dist-job"
     """Job name; a DNS-1035 label (it names Kubernetes objects)."""
     nnodes: int = 1
@@ -187,6 +209,15 @@ class JobSpec:
                 raise ConfigError(f"idle: {exc}") from None
         if not isinstance(self.script, str) or not self.script:
             raise ConfigError(f"script must be a non-empty path, got {self.script!r}")
+        for flag in ("module", "no_python", "pod_entrypoint"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.module and self.no_python:
+            raise ConfigError("module and no_python cannot be used together (a module runs "
+                              "with python -m; --no-python runs a program without python)")
+        if self.module and not _MODULE.match(self.script):
+            raise ConfigError(f"module: {self.script!r} is not a dotted module name "
+                              "(like pkg.train); drop -m to run a script file")
         if not isinstance(self.name, str) or len(self.name) > 63 or not _DNS_1035.match(self.name):
             raise ConfigError(
                 f"name must be a DNS-1035 label (lower-case letters, digits, '-', "
@@ -203,6 +234,13 @@ class JobSpec:
         self.script_args = [str(a) for a in self.script_args]
         if not isinstance(self.network_policy, bool):
             raise ConfigError(f"network_policy must be true or false, got {self.network_policy!r}")
+        if self.pod_entrypoint and self.launcher != "local":
+            raise ConfigError(f"pod_entrypoint: only the local launcher runs the target as "
+                              f"each pod's entrypoint, not {self.launcher!r}")
+        if self.pod_entrypoint and self.debug.enabled:
+            raise ConfigError("pod_entrypoint: no node agent starts a debug hub when the pods "
+                              "run the target themselves; use @interactive_pytorch in it "
+                              "(docs/flyte.md) instead of --debug")
         if self.network_policy and self.launcher != "pytorchjob":
             raise ConfigError(f"network_policy: only the pytorchjob launcher creates a "
                               f"NetworkPolicy, not {self.launcher!r}")

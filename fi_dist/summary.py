@@ -87,6 +87,8 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
             code: int | None = failed_codes[rank]
         elif info.get("state") in ("exited", "failed"):
             code = info.get("exitcode")
+        elif nodes.get(node, {}).get("exitcode") == 0:
+            code = 0  # its node agent's launch succeeded (a program exec'd by rank_main)
         else:
             code = None
         detail = info.get("error", "") if code else ""

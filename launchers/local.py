@@ -15,22 +15,24 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fi_dist import env_vars as ev
 from fi_dist import procs, rundir
 from fi_dist.console import PlainView
-from fi_dist.contract import JobContract, LauncherKind, node_agent_command
+from fi_dist.contract import JobContract, LauncherKind, node_agent_command, program_command
 from fi_dist.errors import ConfigError
 from fi_dist.k8s.operator import pod_env
 from fi_dist.launcher import Attachment, DryRun, JobStatus, Launcher, run_attachment, run_status
 from fi_dist.spec import JobSpec
-from fi_dist.summary import Summary, summarize
+from fi_dist.summary import Summary, summarize, summarize_ranks
 from fi_dist.supervisor import Backend, Supervisor
 
 MAX_LOCAL_NODES = 253
@@ -72,6 +74,25 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def check_target(spec: JobSpec) -> None:
+    """The script file, or the program on PATH, exists here (a module is found at run time).
+
+    Raises:
+        ConfigError: naming what is missing.
+    """
+    if spec.module:
+        return
+    if spec.no_python:
+        path = spec.script
+        if not (shutil.which(path) or (os.sep in path and os.access(path, os.X_OK)
+                                       and Path(path).is_file())):
+            raise ConfigError(f"program not found: {spec.script} (--no-python runs a program "
+                              "on PATH or an executable file)")
+        return
+    if not Path(spec.script).is_file():
+        raise ConfigError(f"training script not found: {spec.script}")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -89,8 +110,7 @@ class LocalLauncher(Launcher):
         if spec.nnodes > MAX_LOCAL_NODES:
             raise ConfigError(f"nnodes={spec.nnodes}: the local launcher runs at most "
                               f"{MAX_LOCAL_NODES} nodes (one loopback address each)")
-        if not Path(spec.script).is_file():
-            raise ConfigError(f"training script not found: {spec.script}")
+        check_target(spec)
         master_addr = node_addr(0)
         port = spec.master_port or free_port()
         if not _port_free(port):
@@ -107,7 +127,15 @@ class LocalLauncher(Launcher):
         for i in range(spec.nnodes):
             env = pod_env(master_addr, port, spec.nnodes, spec.nproc_per_node, i)
             env.update({ev.FI_DIST_NODE_ADDR: node_addr(i), ev.FI_DIST_NODE_RANK: str(i)})
-            argv = node_agent_command(spec.script, spec.script_args)
+            if spec.pod_entrypoint:
+                argv = program_command(spec.script, spec.script_args, module=spec.module,
+                                       no_python=spec.no_python)
+                # gloo cannot tell the 127.0.0.x "pod IPs" apart: as for every local rank
+                # (rank_main sets it there), its data sockets use lo.
+                env.setdefault(ev.GLOO_SOCKET_IFNAME, spec.env.get(ev.GLOO_SOCKET_IFNAME, "lo"))
+            else:
+                argv = node_agent_command(spec.script, spec.script_args, module=spec.module,
+                                          no_python=spec.no_python)
             nodes.append(NodePlan(i, node_addr(i), argv, env))
         request = LocalRequest(spec, job, master_addr, port, nodes)
         shown = job.shown_env()
@@ -145,11 +173,14 @@ class LocalBackend(Backend):
         self.run_dir = run_dir
         self.job = request.job.replace(run_id=run_dir.run_id, run_dir=str(run_dir.path))
         self.popens: dict[int, subprocess.Popen[bytes]] = {}
+        self.seen: dict[int, float] = {}
+        """When each node was seen ending (orders failures a node agent did not time)."""
         self._lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
 
     def start(self, attempt: int) -> list[int]:
         job_env = self.job.replace(attempt=attempt).to_env()
         self.popens = {}
+        self.seen = {}
         for plan in self.req.nodes:
             env = {**os.environ, **job_env, **plan.env}
             p = subprocess.Popen(plan.argv, env=env, stdin=subprocess.DEVNULL,
@@ -177,6 +208,8 @@ class LocalBackend(Backend):
         except queue.Empty:
             pass
         ended = {n: code for n, p in self.popens.items() if (code := p.poll()) is not None}
+        for node in ended:
+            self.seen.setdefault(node, time.time())
         return lines, ended
 
     def terminate(self, grace: float) -> None:
@@ -184,6 +217,9 @@ class LocalBackend(Backend):
 
     def summarize(self, exits: dict[int, int | None]) -> Summary:
         spec = self.req.spec
+        if spec.pod_entrypoint and spec.nproc_per_node == 1:
+            # Each pod is its rank: its own exit code, no node agent's report.
+            return summarize_ranks(self.run_dir, 1, exits, self.seen)
         return summarize(self.run_dir, spec.world_size, spec.nproc_per_node, exits)
 
     def close(self) -> None:

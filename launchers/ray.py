@@ -58,7 +58,8 @@ class RayLauncher(Launcher):
             "placement_group": {"strategy": "SPREAD", "bundles": req.bundles},
             "actors": [{"rank": r.rank, "node": r.node, "local_rank": r.local_rank,
                         "bundle": r.node,
-                        "argv": rank_command(spec.script, spec.script_args, "python")}
+                        "argv": rank_command(spec.script, spec.script_args, "python",
+                                             module=spec.module, no_python=spec.no_python)}
                        for r in req.ranks],
             "env": req.job.shown_env(),
         }

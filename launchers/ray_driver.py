@@ -224,7 +224,8 @@ class RayBackend(Backend):
                 for r, (_, ip) in zip(self.req.ranks, where, strict=True)]
         if job.debug is not None:
             ray.get(self.actors[0].start_hub.remote(envs[0], os.getcwd()))
-        argv = rank_command(self.spec.script, self.spec.script_args)
+        argv = rank_command(self.spec.script, self.spec.script_args,
+                            module=self.spec.module, no_python=self.spec.no_python)
         for a, env in zip(self.actors, envs, strict=True):
             ray.get(a.start.remote(argv, env, os.getcwd()))
         self.seen = {}

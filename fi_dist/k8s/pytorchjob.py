@@ -134,7 +134,8 @@ def _pod_template(spec: JobSpec, job: JobContract, master: bool) -> dict[str, An
     container: dict[str, Any] = {
         "name": PYTORCH_CONTAINER,
         "image": spec.image,
-        "command": node_agent_command(spec.script, spec.script_args, python="python"),
+        "command": node_agent_command(spec.script, spec.script_args, python="python",
+                                      module=spec.module, no_python=spec.no_python),
         "env": container_env(job, debug_secret_name(spec)),
         "ports": ports,
         "volumeMounts": mounts,

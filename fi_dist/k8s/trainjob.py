@@ -39,7 +39,8 @@ def build(spec: JobSpec, runtime: str = DEFAULT_RUNTIME, job: JobContract | None
     job = job or job_contract(spec)
     trainer: dict[str, Any] = {
         "image": spec.image,
-        "command": rank_command(spec.script, spec.script_args, python="python"),
+        "command": rank_command(spec.script, spec.script_args, python="python",
+                                module=spec.module, no_python=spec.no_python),
         "numNodes": spec.nnodes,
         "numProcPerNode": spec.nproc_per_node,
         "env": container_env(job, debug_secret_name(spec)),

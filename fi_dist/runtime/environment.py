@@ -143,7 +143,11 @@ class RankEnvironment:
             return cls(0, 0, 0, 1, 1, "127.0.0.1", _port(env, ev.MASTER_PORT, 29500),
                        env.get(ev.FI_DIST_NODE_ADDR) or "127.0.0.1", kind)
         if kind is LauncherKind.PYTORCHJOB and ev.TORCHELASTIC_RUN_ID not in env:
-            nproc = _int(env, ev.PET_NPROC_PER_NODE, 1)
+            # A pod whose command is the rank (a Flyte PyTorch task: no torchrun): the
+            # operator's RANK and WORLD_SIZE are the rank's own. nprocPerNode defaults to
+            # "auto" when the job does not set it, one process per pod here.
+            auto = env.get(ev.PET_NPROC_PER_NODE) == "auto"
+            nproc = 1 if auto else _int(env, ev.PET_NPROC_PER_NODE, 1)
             if nproc != 1:
                 raise InconsistentEnvError(
                     f"{ev.PET_NPROC_PER_NODE}={nproc} but {ev.TORCHELASTIC_RUN_ID} is unset: "

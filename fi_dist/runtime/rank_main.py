@@ -1,7 +1,8 @@
-"""Entry point of every rank: ``python -m fi_dist.runtime.rank_main SCRIPT [ARGS...]``.
+"""Entry point of every rank: ``python -m fi_dist.runtime.rank_main [--module|--no-python] SCRIPT [ARGS...]``.
 
 Runs the user's script unmodified (as ``python SCRIPT`` would: ``__main__``, argv,
-``sys.path[0]``) after the per-rank setup fi-dist needs: rank state in the run
+``sys.path[0]``; with ``--module`` as ``python -m MODULE``; with ``--no-python`` a
+program, see :func:`run_program`) after the per-rank setup fi-dist needs: rank state in the run
 directory, torchelastic's error file on an uncaught exception (so the node agent and
 the launcher can name the first failure), and death with the node agent (no orphans).
 Feature hooks (debugger, checkpoint preemption handling) attach here.
@@ -10,8 +11,10 @@ Feature hooks (debugger, checkpoint preemption handling) attach here.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import runpy
+import shutil
 import signal
 import sys
 import time
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from fi_dist import contract
 from fi_dist import env_vars as ev
-from fi_dist.contract import LauncherKind
+from fi_dist.contract import MODULE_FLAG, NO_PYTHON_FLAG, LauncherKind
 from fi_dist.rundir import RunDir
 from fi_dist.runtime.environment import RankEnvironment
 
@@ -65,10 +68,76 @@ def run_script(script: str, args: list[str]) -> None:
     runpy.run_path(str(path), run_name="__main__")
 
 
+def run_module(module: str, args: list[str]) -> None:
+    """Run ``module`` as ``__main__`` with ``args``, like ``python -m`` does."""
+    sys.argv = [module, *args]  # runpy puts the module's file in argv[0]
+    sys.path[0] = os.getcwd()
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def find_program(program: str) -> str:
+    """``program`` as a path: itself when it names a file, else its match on PATH.
+
+    Raises:
+        FileNotFoundError: neither (the message names it).
+    """
+    if os.sep in program:
+        if os.path.isfile(program) and os.access(program, os.X_OK):
+            return program
+    elif found := shutil.which(program):
+        return found
+    raise FileNotFoundError(f"program not found: {program} (not an executable file, "
+                            "nor on PATH)")
+
+
+def is_python_script(path: str) -> bool:
+    """True for a file whose ``#!`` line names a python (console scripts: pyflyte-execute)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and b"python" in first
+
+
+def run_program(program: str, args: list[str], debugged: bool) -> None:
+    """``--no-python``: run ``program`` with ``args``.
+
+    A Python script (a console script such as ``pyflyte-execute``) runs in this
+    interpreter, so the debugger, post-mortem and the error file work as for a script;
+    any other program replaces this process (``exec``: same pid, same environment), where
+    no Python hook can follow it.
+    """
+    path = find_program(program)
+    if is_python_script(path):
+        run_script(path, args)
+        return
+    if debugged:
+        logging.getLogger("fi_dist.rank").warning(
+            "fi-dist: %s is not a Python program: it runs without the debugger", program)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(path, [program, *args])
+
+
+def parse_target(argv: list[str]) -> tuple[str, str, list[str]]:
+    """(kind, target, args) from ``[--module|--no-python] TARGET ARGS...``."""
+    kind = "script"
+    if argv and argv[0] in (MODULE_FLAG, NO_PYTHON_FLAG):
+        kind = "module" if argv[0] == MODULE_FLAG else "program"
+        argv = argv[1:]
+    if not argv:
+        raise ValueError("no target")
+    return kind, argv[0], argv[1:]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python -m fi_dist.runtime.rank_main SCRIPT [ARGS...]", file=sys.stderr)
+    try:
+        kind, target, target_args = parse_target(argv)
+    except ValueError:
+        print("usage: python -m fi_dist.runtime.rank_main [--module|--no-python] SCRIPT "
+              "[ARGS...]", file=sys.stderr)
         return 2
     env = RankEnvironment.from_env()
     job = contract.current()
@@ -88,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
 
         rank_hook.setup(env, debug)
     try:
-        run_script(argv[0], argv[1:])
+        if kind == "module":
+            run_module(target, target_args)
+        elif kind == "program":
+            run_program(target, target_args, debug is not None)
+        else:
+            run_script(target, target_args)
     except SystemExit as exc:
         code = _exit_code(exc)
     except BaseException as exc:

@@ -87,6 +87,35 @@ def test_local_dry_run_prints_each_node_with_pod_env(run_cli):
     assert docs[0]["argv"][-2:] == ["--steps", "3"]
 
 
+def test_missing_program_and_bad_module(run_cli):
+    r = run_cli("run", "--no-python", "no-such-program-xyz", "--", "a")
+    assert r.returncode == 2
+    assert "program not found: no-such-program-xyz" in r.stderr
+    r = run_cli("run", "-m", "not a module")
+    assert r.returncode == 2 and "is not a dotted module name" in r.stderr
+
+
+def test_module_and_program_targets_reach_rank_main_and_pods(run_cli):
+    """-m / --no-python go to every rank's rank_main (torchrun's flags) or, with
+    --pod-entrypoint, make each pod's own command line."""
+    import yaml
+
+    r = run_cli("run", "--nnodes", "2", "--master-port", "0", "--dry-run", "-m", "pkg.train",
+                "--", "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    docs = list(yaml.safe_load_all(r.stdout))
+    assert docs[0]["argv"][1:] == ["-m", "fi_dist.runtime.node_agent", "--module", "pkg.train",
+                                   "--steps", "3"]
+    r = run_cli("run", "--nnodes", "2", "--master-port", "0", "--dry-run", "--pod-entrypoint",
+                "--no-python", "sh", "--", "-c", "echo $RANK")
+    assert r.returncode == 0, r.stderr
+    docs = list(yaml.safe_load_all(r.stdout))
+    assert [d["argv"] for d in docs] == [["sh", "-c", "echo $RANK"]] * 2
+    env1 = docs[1]["env"]  # exactly the operator's pod env (plus gloo on loopback)
+    assert (env1["RANK"], env1["WORLD_SIZE"], env1["PET_NODE_RANK"]) == ("1", "2", "1")
+    assert env1["GLOO_SOCKET_IFNAME"] == "lo"
+
+
 def test_bad_debug_trace(run_cli):
     r = run_cli("run", "--debug-trace", "always", str(EXAMPLES / "ddp_train.py"))
     assert r.returncode == 2 and "--debug-trace" in r.stderr and "'lazy'" in r.stderr

@@ -65,6 +65,17 @@ def test_pod_one_process_per_pod_is_a_rank():
     assert (rank.rank, rank.world_size, rank.node_rank) == (1, 2, 1)
 
 
+def test_flyte_pytorch_task_pod_is_its_rank():
+    """A Flyte PyTorch(num_workers=N) pod: no torchrun, nprocPerNode left at "auto"."""
+    from fi_dist.k8s.operator import pod_env
+
+    env = pod_env("train-master-0", 23456, 3, "auto", 2)
+    rank = RankEnvironment.from_env(env)
+    assert rank.launcher is LauncherKind.PYTORCHJOB
+    assert (rank.rank, rank.world_size, rank.node_rank, rank.local_rank) == (2, 3, 2, 0)
+    assert (rank.master_addr, rank.master_port, rank.nnodes) == ("train-master-0", 23456, 3)
+
+
 def test_ray_rank():
     env = torchrun_worker(3, 1, 1, 4, 2, FI_DIST_LAUNCHER="ray")
     del env["TORCHELASTIC_RUN_ID"]

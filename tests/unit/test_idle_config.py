@@ -16,7 +16,8 @@ from fi_dist.spec import IdleSpec, JobSpec
     ({"timeout": 0}, "idle.timeout must be a number of seconds > 0, got 0"),
     ({"interval": -1}, "idle.interval must be a number of seconds > 0, got -1"),
     ({"threshold": 150}, "idle.threshold must be a percent in (0, 100], got 150"),
-    ({"timeout": 5, "interval": 10}, "idle.interval (10s) must not exceed idle.timeout (5s)"),
+    ({"interval": 0}, "idle.interval must be a number of seconds > 0, got 0"),
+    ({"timeout": -10}, "idle.timeout must be a number of seconds > 0, got -10"),
     ({"sampler": "rocm"}, "idle.sampler must be one of auto, nvml, cpu, got 'rocm'"),
     ({"hang_factor": 1}, "idle.hang_factor must be a number > 1, got 1"),
     ({"webhook": "ftp://x"}, "idle.webhook must be an http(s) URL, got 'ftp://x'"),
@@ -52,8 +53,28 @@ def test_env_with_a_bad_number_is_a_clear_error():
     with pytest.raises(InconsistentEnvError,
                        match="FI_DIST_IDLE_THRESHOLD='lots' is not a number"):
         idle_from_env({ev.FI_DIST_IDLE_TIMEOUT: "60", ev.FI_DIST_IDLE_THRESHOLD: "lots"})
+    with pytest.raises(InconsistentEnvError, match="FI_DIST_IDLE_INTERVAL='-1' must be >= 0"):
+        idle_from_env({ev.FI_DIST_IDLE_TIMEOUT: "60", ev.FI_DIST_IDLE_INTERVAL: "-1"})
     with pytest.raises(InconsistentEnvError, match="FI_DIST_IDLE_.*idle.interval"):
-        idle_from_env({ev.FI_DIST_IDLE_TIMEOUT: "60", ev.FI_DIST_IDLE_INTERVAL: "120"})
+        idle_from_env({ev.FI_DIST_IDLE_TIMEOUT: "60", ev.FI_DIST_IDLE_INTERVAL: "0"})
+
+
+@pytest.mark.parametrize(("timeout", "interval", "sampled", "noted"), [
+    (1800, 10, 10, False),      # the defaults
+    (30, 10, 10, False),        # exactly a third
+    (10, 10, 10 / 3, True),     # --idle-timeout 10 with the default interval (the issue)
+    (6, 60, 2, True),           # far over: clamped, not refused
+])
+def test_an_interval_over_a_third_of_the_window_is_clamped_with_a_message(
+        timeout, interval, sampled, noted):
+    spec = IdleSpec(enabled=True, timeout=timeout, interval=interval)
+    assert spec.sample_interval == pytest.approx(sampled)
+    assert spec.interval == interval  # what the user gave stays in the spec (and the env)
+    note = spec.interval_note()
+    assert (note is not None) is noted
+    if noted:
+        assert f"interval {interval:g}s is more than a third of the {timeout:g}s window" in note
+        assert f"sampling every {sampled:.3g}s" in note
 
 
 def test_exit_code_is_final_under_restart_policy_exit_code():

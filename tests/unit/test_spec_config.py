@@ -24,11 +24,22 @@ REPO = Path(__file__).resolve().parents[2]
         ({"grace_period": -1}, "grace_period must be a number >= 0"),
         ({"debug": {"port": -5}}, "debug.port must be an integer port"),
         ({"resources": {"gpus": -1}}, "resources.gpus must be an integer >= 0"),
+        ({"module": True, "no_python": True}, "module and no_python cannot be used together"),
+        ({"module": "yes"}, "module must be true or false, got 'yes'"),
+        ({"pod_entrypoint": True, "launcher": "ray"}, "pod_entrypoint: only the local launcher"),
+        ({"pod_entrypoint": True, "debug": {"enabled": True}},
+         "pod_entrypoint: no node agent starts a debug hub"),
     ],
 )
 def test_spec_errors_name_field_and_value(kwargs, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         JobSpec(script="train.py", **kwargs)
+
+
+def test_module_target_must_be_a_dotted_name():
+    assert JobSpec(script="pkg.sub.train", module=True).module
+    with pytest.raises(ConfigError, match="module: 'train.py/x' is not a dotted module name"):
+        JobSpec(script="train.py/x", module=True)
 
 
 def test_spec_defaults_and_world_size():
