@@ -359,6 +359,8 @@ class JobContract:
     """Directory where ranks and node agents leave state (local and local-Ray runs)."""
     attempt: int = 0
     """Restart attempt of the whole job, 0 for the first."""
+    max_restarts: int = 0
+    """Whole-job restarts the launcher allows (``--max-restarts``)."""
     grace_period: float = _JOB_GRACE
     """Seconds from SIGTERM to SIGKILL (terminationGracePeriodSeconds)."""
     checkpoint_dir: str | None = None
@@ -396,7 +398,7 @@ class JobContract:
         debug = (DebugSettings.from_spec(spec.debug, token, rank_port)
                  if spec.debug.enabled else None)
         return cls(launcher=LauncherKind(launcher), run_id=run_id, run_dir=run_dir,
-                   grace_period=float(spec.grace_period),
+                   max_restarts=spec.max_restarts, grace_period=float(spec.grace_period),
                    checkpoint_dir=checkpoint_dir or spec.checkpoint_uri, debug=debug,
                    idle=spec.idle if spec.idle.enabled else None,
                    env=tuple(spec.env.items()))
@@ -410,6 +412,8 @@ class JobContract:
         })
         if self.attempt:
             out[ev.FI_DIST_ATTEMPT] = str(self.attempt)
+        if self.max_restarts:
+            out[ev.FI_DIST_MAX_RESTARTS] = str(self.max_restarts)
         if self.env:
             out[ev.FI_DIST_USER_ENV] = ",".join(name for name, _ in self.env)
         if self.run_id:
@@ -449,6 +453,7 @@ class JobContract:
             run_id=r.text(ev.FI_DIST_RUN_ID, ""),
             run_dir=r.raw(ev.FI_DIST_RUN_DIR),
             attempt=r.integer(ev.FI_DIST_ATTEMPT, 0),
+            max_restarts=r.integer(ev.FI_DIST_MAX_RESTARTS, 0),
             grace_period=r.number(ev.FI_DIST_GRACE_PERIOD, _JOB_GRACE),
             checkpoint_dir=r.raw(ev.FI_DIST_CKPT_DIR),
             debug=DebugSettings.from_env(env),

@@ -38,6 +38,10 @@ FI_DIST_WAIT_FOR_CLIENT = "FI_DIST_WAIT_FOR_CLIENT"
 """1: hold every rank before the script's first line until a client attaches."""
 FI_DIST_POST_MORTEM_WAIT = "FI_DIST_POST_MORTEM_WAIT"
 """Seconds a failed rank waits for a debugger client before failing the job."""
+FI_DIST_MAX_RESTARTS = "FI_DIST_MAX_RESTARTS"
+"""Whole-job restarts the launcher allows (``--max-restarts``): room for resumes."""
+FI_DIST_IDLE_WATCHER = "FI_DIST_IDLE_WATCHER"
+"""Set for a node's ranks when a culler outside them watches the node (node agent, Ray)."""
 FI_DIST_GRACE_PERIOD = "FI_DIST_GRACE_PERIOD"
 """Seconds between SIGTERM and SIGKILL (terminationGracePeriodSeconds in a pod)."""
 FI_DIST_USER_ENV = "FI_DIST_USER_ENV"
@@ -99,6 +103,10 @@ TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE = "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"
 TORCHELASTIC_RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
 TORCHELASTIC_MAX_RESTARTS = "TORCHELASTIC_MAX_RESTARTS"
 TORCHELASTIC_USE_AGENT_STORE = "TORCHELASTIC_USE_AGENT_STORE"
+
+# --- Flyte (set by flytepropeller in a task's pod) ----------------------------------
+FLYTE_INTERNAL_EXECUTION_ID = "FLYTE_INTERNAL_EXECUTION_ID"
+"""The execution's name: what resume generations of a pod without torchrun are bound to."""
 
 # --- collectives on loopback -------------------------------------------------------
 GLOO_SOCKET_IFNAME = "GLOO_SOCKET_IFNAME"

@@ -56,7 +56,8 @@ class Scope:
     """What a generation is bound to besides its number: one attempt of one job."""
 
     run_id: str
-    """The job's run id (FI_DIST_RUN_ID, else torchelastic's run id: a Flyte execution)."""
+    """The job's run id (FI_DIST_RUN_ID, else torchelastic's run id or, in a pod without
+    torchrun, the Flyte execution's name)."""
     attempt: int
     """The whole job's restart attempt (FI_DIST_ATTEMPT)."""
     restart: int
@@ -67,7 +68,8 @@ class Scope:
         """The scope every rank of this attempt computes alike from its environment."""
         env = os.environ if env is None else env
         job = contract.current() if env is os.environ else contract.JobContract.from_env(env)
-        return cls(run_id=job.run_id or env.get(ev.TORCHELASTIC_RUN_ID, ""),
+        return cls(run_id=(job.run_id or env.get(ev.TORCHELASTIC_RUN_ID)
+                           or env.get(ev.FLYTE_INTERNAL_EXECUTION_ID, "")),
                    attempt=job.attempt,
                    restart=int(env.get(ev.TORCHELASTIC_RESTART_COUNT) or 0))
 

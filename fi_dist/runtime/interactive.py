@@ -1,9 +1,12 @@
 """One rank's interactive session for ``@interactive_pytorch`` (runs inside the job).
 
 Rank 0 of node 0 owns the job's only debug hub, code-server and resume endpoint; every
-other rank finds them through the job's rendezvous store (torchelastic's agent store,
-reachable from every node) and registers with the hub. Keys carry the restart count, so
-a restarted worker group never reads the previous attempt's ports.
+other rank finds them through the job's rendezvous store and registers with the hub.
+The store is torchelastic's agent store under torchrun (an Elastic task); in pods that
+run the task themselves (a ``PyTorch(num_workers=N)`` task: no torchrun) rank 0 hosts
+it at ``MASTER_ADDR:MASTER_PORT`` and ``init_process_group("env://")`` reuses it
+(:func:`open_store`). Keys carry the restart count, so a restarted worker group never
+reads the previous attempt's ports.
 
 The store is readable and writable by anyone who reaches its port, so only addresses
 go on it, never the job token: every rank gets the token from its environment
@@ -41,12 +44,26 @@ log = logging.getLogger("fi_dist.interactive")
 RESUME_CONFIG_NAME = "fi-dist: resume all ranks"
 
 
+STORE_TIMEOUT = timedelta(seconds=900)
+"""How long a rank waits for rank 0's store (pods start minutes apart: image pulls)."""
+
+
 def restart_count() -> int:
     return int(os.environ.get(ev.TORCHELASTIC_RESTART_COUNT, "0") or 0)
 
 
-def restarts_left() -> int:
-    return int(os.environ.get(ev.TORCHELASTIC_MAX_RESTARTS, "0") or 0) - restart_count()
+def restarts_left() -> int | None:
+    """Restarts a resume can still use: torchelastic's worker-group restarts plus the
+    launcher's whole-job restarts (``fi-dist run --max-restarts``); None where nobody
+    says (a pod restarted by its operator's restart policy: a Flyte PyTorch task)."""
+    job = contract.current()
+    elastic = ev.TORCHELASTIC_MAX_RESTARTS in os.environ
+    if not elastic and not job.run_id:
+        return None
+    left = job.max_restarts - job.attempt
+    if elastic:
+        left += int(os.environ.get(ev.TORCHELASTIC_MAX_RESTARTS) or 0) - restart_count()
+    return left
 
 
 class NoJobTokenError(ConfigError):
@@ -109,7 +126,17 @@ def fresh_store_namespace() -> None:
 
 
 def open_store(env: RankEnvironment) -> Any:
-    """A client of the job's rendezvous store; an in-process store for a single process."""
+    """The job's rendezvous store, through which rank 0 tells the others where the hub is.
+
+    * under torchrun (an Elastic task, ``fi-dist run``): a client of torchelastic's agent
+      store;
+    * several ranks without torchrun (a ``PyTorch(num_workers=N)`` task: each pod runs
+      the task with the operator's MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE): rank 0
+      hosts the store at MASTER_PORT, the others connect. It is a *multi-tenant* server,
+      which ``init_process_group("env://")`` (and ``tcp://``) on rank 0 joins instead of
+      binding the port again, so the task's own rendezvous runs on it unchanged;
+    * one process: an in-process store.
+    """
     import torch.distributed as dist
 
     if os.environ.get(ev.TORCHELASTIC_USE_AGENT_STORE) == "True":
@@ -117,9 +144,11 @@ def open_store(env: RankEnvironment) -> Any:
                              timeout=timedelta(seconds=300), wait_for_workers=False)
     if env.world_size == 1:
         return dist.HashStore()
-    raise RuntimeError("@interactive_pytorch needs torchelastic's agent store to find rank 0 "
-                       "(run the ranks with torchrun, fi-dist run or a flytekit Elastic task; "
-                       f"{ev.TORCHELASTIC_USE_AGENT_STORE} is not True here)")
+    if env.rank == 0:
+        return dist.TCPStore(env.master_addr, env.master_port, is_master=True,
+                             multi_tenant=True, wait_for_workers=False, timeout=STORE_TIMEOUT)
+    return dist.TCPStore(env.master_addr, env.master_port, is_master=False,
+                         timeout=STORE_TIMEOUT)
 
 
 def resume_launch_config(python: str) -> dict[str, Any]:
@@ -269,11 +298,14 @@ class Session:
                 "restarts_left": restarts_left()}
 
     def _why_no_restart(self) -> str | None:
-        if self.env.world_size > 1 and restarts_left() <= 0:
+        left = restarts_left()
+        if self.env.world_size > 1 and left is not None and left <= 0:
             return (f"no restart left ({ev.TORCHELASTIC_MAX_RESTARTS}="
                     f"{os.environ.get(ev.TORCHELASTIC_MAX_RESTARTS, '0')}, restart "
-                    f"{restart_count()}): give the task Elastic(max_restarts>=1) or torchrun "
-                    "--max-restarts so the ranks can re-enter with the edited code")
+                    f"{restart_count()}, job attempt {contract.current().attempt} of "
+                    f"{contract.current().max_restarts} restarts): give the task "
+                    "Elastic(max_restarts>=1), torchrun or fi-dist run --max-restarts so the "
+                    "ranks can re-enter with the edited code")
         return None
 
     def _on_resume(self, gen: int, written: list[str]) -> None:
