@@ -8,11 +8,15 @@
 
 Works on a plain training function (run by ``fi-dist run`` or torchrun) and under
 flytekit's ``@task`` with ``PyTorch``, ``Elastic`` and ``RayJobConfig`` configs, in either
-order (placed above ``@task`` it wraps the task's function and, for Elastic, makes sure
-``max_restarts`` leaves room for resumes). Exactly one code-server and one debug hub per
-job, on rank 0 of node 0; every other rank registers with the hub. Off unless
-``enable=True`` or ``FI_DIST_INTERACTIVE=1`` (``FI_DIST_INTERACTIVE=0`` forces it off);
-when off the wrapper costs one dictionary lookup and calls the function.
+order (placed above ``@task`` it wraps the task's function and makes room for resumes:
+Elastic's ``max_restarts``, PyTorch's restart policy). Exactly one code-server and one
+debug hub per job, on rank 0 of node 0; every other rank registers with the hub. Off
+unless ``enable=True`` or ``FI_DIST_INTERACTIVE=1`` (``FI_DIST_INTERACTIVE=0`` forces it
+off, so an execution's env turns a registered task on or off without re-registering);
+when off the wrapper costs one attribute lookup and calls the function. Under flytekit
+the wrapper is a flytekit ``ClassDecorator``, so the Flyte console links to rank 0's
+code-server (``get_extra_config``, as ``@vscode`` does). When on, the task's culler ends
+a session nobody uses (``max_idle_seconds``, ``idle=``; docs/idle.md).
 
 See docs/flyte.md.
 """
@@ -26,12 +30,14 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fi_dist import env_vars as ev
+from fi_dist.errors import ConfigError
+from fi_dist.spec import IdleSpec
 
 log = logging.getLogger("fi_dist.interactive")
 
@@ -50,8 +56,9 @@ class InteractiveConfig:
     debug_port: int = 5678
     """The debug hub's IDE port on rank 0's 127.0.0.1; 0 = a free one (see launch.json)."""
     max_idle_seconds: float = 36000.0
-    """A failed rank waits this long after the last activity (code-server heartbeat, an
-    attached debugger) for a resume, then the task fails."""
+    """The idle window (``@vscode``'s 10 h): the task's culler ends the task when no rank
+    used a device, stepped, or saw debugger or code-server activity for this long (a
+    failed rank waiting for a resume included)."""
     run_task_first: bool = False
     """True: run first, and bring up code-server only when a rank fails (post-mortem)."""
     pre_execute: Callable[[], None] | None = None
@@ -69,16 +76,43 @@ class InteractiveConfig:
     code_server: str | None = None
     """code-server binary; default ``FI_DIST_CODE_SERVER``, ``.tools/code-server``, PATH."""
     max_restarts: int = 3
-    """Placed above an Elastic ``@task``: raise its ``max_restarts`` to at least this."""
+    """Placed above an Elastic ``@task``: raise its ``max_restarts`` to at least this
+    (above a PyTorch task: the pods' restart policy becomes OnFailure, with this backoff)."""
+    idle: Mapping[str, Any] | None = None
+    """More of the culler's options (:class:`~fi_dist.spec.IdleSpec` fields: ``interval``,
+    ``threshold``, ``warn_lead``, ``sampler``, ``webhook``, ``email``, ``dry_run``, ...);
+    the window is ``max_idle_seconds``. ``FI_DIST_IDLE_*`` in the environment win."""
+    bind_address: str = "127.0.0.1"
+    """Where rank 0's code-server listens: loopback (reach it by port-forward) or
+    ``0.0.0.0`` for the Flyte console's link, whose proxy reaches the pod's IP; then its
+    password is the job token."""
+    idle_spec: IdleSpec = field(init=False, repr=False)
+    """The culler's settings, validated from ``max_idle_seconds`` and ``idle``."""
 
     def __post_init__(self) -> None:
         for name in ("port", "debug_port"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value < 65536:
                 raise ValueError(f"interactive_pytorch({name}={value!r}): must be a port in 0..65535")
-        if self.max_idle_seconds <= 0:
+        if (not isinstance(self.max_idle_seconds, int | float)
+                or isinstance(self.max_idle_seconds, bool) or self.max_idle_seconds <= 0):
             raise ValueError(f"interactive_pytorch(max_idle_seconds={self.max_idle_seconds!r}): "
-                             "must be > 0")
+                             "must be a number of seconds > 0")
+        if not isinstance(self.idle, Mapping | None):
+            raise ValueError(f"interactive_pytorch(idle={self.idle!r}): must be a mapping of "
+                             "idle options (interval, threshold, warn_lead, ...)")
+        idle = dict(self.idle or {})
+        for key in ("enabled", "timeout"):
+            if key in idle:
+                raise ValueError(f"interactive_pytorch(idle={{{key!r}: ...}}): the window is "
+                                 "max_idle_seconds=; the culler is on with the session")
+        try:
+            self.idle_spec = IdleSpec(enabled=True, timeout=float(self.max_idle_seconds), **idle)
+        except (ConfigError, TypeError) as exc:
+            raise ValueError(f"interactive_pytorch(idle={self.idle!r}): {exc}") from None
+        if not isinstance(self.bind_address, str) or not self.bind_address:
+            raise ValueError(f"interactive_pytorch(bind_address={self.bind_address!r}): must "
+                             "be an address")
         if self.ranks is not None:
             ranks = list(self.ranks)
             if any(not isinstance(r, int) or r < 0 for r in ranks):
@@ -236,28 +270,94 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def _wrap(fn: Callable[..., Any], cfg: InteractiveConfig) -> Callable[..., Any]:
-    target = _Target(fn, cfg, source_file_of(fn))
+class InteractiveFunction:
+    """What ``@interactive_pytorch`` returns for a function: reads the switch once per
+    process, then either calls the function or runs it inside the rank's session.
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    ``__wrapped__`` is the :class:`_Target` (signature, globals and annotations of the
+    function, so flytekit reads the task's interface through it).
+    """
+
+    __fi_dist_interactive__ = True
+
+    def __init__(self, target: _Target) -> None:
+        functools.update_wrapper(self, target.fn)
+        self.__wrapped__ = target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        target = self.__wrapped__
         if target.on is None:
             target.on = target.cfg.enabled()
         if not target.on:
             return target.fn(*args, **kwargs)
         return _run(target.cfg, target.fn, target.file, args, kwargs, target.handed_token)
 
-    wrapper.__wrapped__ = target
-    setattr(wrapper, MARK, True)
+    def get_extra_config(self) -> dict[str, str]:
+        """The Flyte console's link to rank 0's code-server (``@vscode``'s link type and
+        keys); none for a port picked at run time (0), which no link can name."""
+        port = self.__wrapped__.cfg.port
+        return {"link_type": "vscode", "port": str(port)} if port else {}
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self(*args, **kwargs)
+
+
+_flyte_class: type | None = None
+
+
+def _flyte_function_class() -> type:
+    """:class:`InteractiveFunction` as a flytekit ``ClassDecorator`` (whose
+    ``get_extra_config`` flytekit's serializer merges into the task template: the console
+    link). Made on first use, where flytekit is already imported."""
+    global _flyte_class
+    if _flyte_class is None:
+        from flytekit.core.utils import ClassDecorator
+
+        _flyte_class = type("InteractiveTaskFunction", (InteractiveFunction, ClassDecorator),
+                            {"__module__": __name__,
+                             "__doc__": "InteractiveFunction as a flytekit ClassDecorator."})
+    return _flyte_class
+
+
+def __getattr__(name: str) -> Any:
+    # Where pickle finds the class made above, in a process (a spawned Elastic worker)
+    # that has not made it yet.
+    if name == "InteractiveTaskFunction":
+        return _flyte_function_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _wrap(fn: Callable[..., Any], cfg: InteractiveConfig) -> Callable[..., Any]:
+    target = _Target(fn, cfg, source_file_of(fn))
+    # In a task file flytekit is imported already (``from flytekit import task``); a
+    # plain training function never pays for importing it.
+    cls = _flyte_function_class() if "flytekit" in sys.modules else InteractiveFunction
+    wrapper: Callable[..., Any] = cls(target)
     return wrapper
+
+
+def _make_room_for_resumes(config: Any, cfg: InteractiveConfig) -> None:
+    """Every resume restarts the ranks once: an Elastic task's worker group
+    (``max_restarts``), a PyTorch task's pods (restart policy OnFailure: the kubelet
+    restarts each pod's container in place, ``backoff_limit`` times)."""
+    if hasattr(config, "max_restarts") and hasattr(config, "nproc_per_node"):  # Elastic
+        config.max_restarts = max(config.max_restarts, cfg.max_restarts)
+    elif hasattr(config, "master") and hasattr(config, "worker"):  # PyTorch
+        from flytekitplugins.kfpytorch.task import RestartPolicy, RunPolicy
+
+        for replicas in (config.master, config.worker):
+            if replicas.restart_policy is None:
+                replicas.restart_policy = RestartPolicy.FAILURE
+        if config.run_policy is None:
+            config.run_policy = RunPolicy(backoff_limit=cfg.max_restarts)
+        elif config.run_policy.backoff_limit is None:
+            config.run_policy.backoff_limit = cfg.max_restarts
 
 
 def _wrap_task(task: Any, cfg: InteractiveConfig) -> Any:
     task._task_function = _wrap(task.task_function, cfg)
-    config: Any = getattr(task, "task_config", None)
-    if (cfg.enabled() and hasattr(config, "max_restarts") and hasattr(config, "nproc_per_node")
-            and config.max_restarts < cfg.max_restarts):
-        config.max_restarts = cfg.max_restarts  # room for resumes (Elastic only)
+    if cfg.enabled():
+        _make_room_for_resumes(getattr(task, "task_config", None), cfg)
     return task
 
 

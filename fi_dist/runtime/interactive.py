@@ -234,9 +234,13 @@ class Session:
         from fi_dist.runtime import codeserver
 
         state = rundir.private_dir(rundir.ensure_root(self.root) / "code-server")
-        password = self._password(state)
+        host = self.cfg.bind_address
+        # Beyond loopback (the Flyte console's link goes through a proxy to the pod's IP)
+        # nobody there can read the session file: the login is the job token, which the
+        # user has (the Secret they made) and which already grants everything it would.
+        password = self._password(state) if host.startswith("127.") else self.token
         cfg = codeserver.CodeServerConfig(folder=self.root, state_dir=state, password=password,
-                                          port=self.cfg.port)
+                                          port=self.cfg.port, host=host)
         try:
             binary = Path(self.cfg.code_server) if self.cfg.code_server else None
             self.code_server = codeserver.start(cfg, binary)
@@ -244,8 +248,10 @@ class Session:
             print(f"fi-dist: code-server did not start: {exc}", file=sys.stderr, flush=True)
         if self.code_server is not None:
             self.code_server.feed_activity(self._activity)
-            print(f"fi-dist: code-server on {self.code_server.url} (password in "
-                  f"{self.root / resume.SESSION_FILE}); port-forward it to reach it",
+            where = (f"password in {self.root / resume.SESSION_FILE}; port-forward it to "
+                     "reach it" if host.startswith("127.") else "log in with the job token; "
+                     "the Flyte console links to it")
+            print(f"fi-dist: code-server on {self.code_server.url} ({where})",
                   file=sys.stderr, flush=True)
             self._write_session()
 

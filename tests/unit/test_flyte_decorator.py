@@ -23,6 +23,15 @@ from fi_dist.runtime.interactive import resume_launch_config
     ({"port": 70000}, "port"), ({"debug_port": -1}, "debug_port"),
     ({"max_idle_seconds": 0}, "max_idle_seconds"), ({"ranks": [0, -2]}, "ranks"),
     ({"pre_execute": 3}, "pre_execute"), ({"max_restarts": -1}, "max_restarts"),
+    ({"max_idle_seconds": -5}, "max_idle_seconds=-5"),
+    ({"max_idle_seconds": "1h"}, "max_idle_seconds='1h'"),
+    ({"idle": {"interval": -1}}, "idle.interval must be a number of seconds > 0, got -1"),
+    ({"idle": {"interval": 0}}, "idle.interval must be a number of seconds > 0, got 0"),
+    ({"idle": {"warn_lead": -2}}, "idle.warn_lead must be a number >= 0"),
+    ({"idle": {"timeout": 60}}, "the window is max_idle_seconds"),
+    ({"idle": {"intervall": 1}}, "intervall"),
+    ({"idle": 5}, "must be a mapping of idle options"),
+    ({"bind_address": ""}, "bind_address"),
 ])
 def test_bad_options_name_the_option(options: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -150,3 +159,100 @@ def test_launch_json_keeps_the_attach_config(tmp_path: Path) -> None:
     assert [c["name"] for c in configs] == ["fi-dist: attach all ranks",
                                            "fi-dist: resume all ranks"]
     assert configs[1]["command"] == "/usr/bin/python3 -m fi_dist.cli resume"
+
+
+def test_idle_options_make_the_culler_settings() -> None:
+    cfg = InteractiveConfig(max_idle_seconds=600, idle={"interval": 5, "webhook":
+                                                         "http://127.0.0.1:9/h"})
+    spec = cfg.idle_spec
+    assert (spec.enabled, spec.timeout, spec.interval, spec.webhook) == (
+        True, 600.0, 5, "http://127.0.0.1:9/h")
+    assert InteractiveConfig().idle_spec.timeout == 36000.0  # @vscode's 10 hours
+
+
+def _template_config(task) -> dict:
+    from collections import OrderedDict
+
+    from flytekit.configuration import ImageConfig, SerializationSettings
+    from flytekit.tools.translator import get_serializable
+
+    settings = SerializationSettings(image_config=ImageConfig.auto_default_image())
+    return dict(get_serializable(OrderedDict(), settings, task).template.config)
+
+
+def test_flyte_console_links_to_rank_0s_code_server() -> None:
+    """The link @vscode gets (flytekit merges get_extra_config into the task template),
+    below and above @task; none for a port picked at run time."""
+    from flytekit import task
+    from flytekitplugins.kfpytorch import PyTorch
+
+    @task(task_config=PyTorch(num_workers=2))
+    @interactive_pytorch(port=8080)
+    def below(x: int) -> int:
+        return x
+
+    @interactive_pytorch(port=8081)
+    @task(task_config=PyTorch(num_workers=2))
+    def above(x: int) -> int:
+        return x
+
+    @task
+    @interactive_pytorch(port=0)
+    def free_port(x: int) -> int:
+        return x
+
+    assert _template_config(below)["link_type"] == "vscode"
+    assert _template_config(below)["port"] == "8080"
+    assert _template_config(above)["port"] == "8081"
+    assert "link_type" not in _template_config(free_port)
+    assert below(x=3) == 3 and above(x=4) == 4  # off: the function, unchanged
+
+
+def test_the_task_function_pickles_for_spawned_workers() -> None:
+    import cloudpickle
+    from flytekit import task
+
+    @task
+    @interactive_pytorch(enable=False)
+    def f(x: int) -> int:
+        return x + 1
+
+    again = cloudpickle.loads(cloudpickle.dumps(f.task_function))
+    assert type(again) is type(f.task_function) and again(x=1) == 2
+    assert again.get_extra_config() == {"link_type": "vscode", "port": "8080"}
+
+
+def test_above_pytorch_task_makes_room_for_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enabled above a PyTorch task: each resume restarts the pods, so they restart on
+    failure (in place) up to max_restarts times; what the task set stays."""
+    from flytekit import task
+    from flytekitplugins.kfpytorch import PyTorch
+    from flytekitplugins.kfpytorch.task import Master, RestartPolicy, RunPolicy
+
+    monkeypatch.delenv("FI_DIST_INTERACTIVE", raising=False)
+
+    @interactive_pytorch(enable=True, max_restarts=5)
+    @task(task_config=PyTorch(num_workers=2))
+    def train(steps: int) -> str:
+        return f"{steps}"
+
+    config = train.task_config
+    assert config.master.restart_policy is RestartPolicy.FAILURE
+    assert config.worker.restart_policy is RestartPolicy.FAILURE
+    assert config.run_policy.backoff_limit == 5
+
+    @interactive_pytorch(enable=True)
+    @task(task_config=PyTorch(num_workers=2, master=Master(restart_policy=RestartPolicy.NEVER),
+                              run_policy=RunPolicy(backoff_limit=1)))
+    def kept(steps: int) -> str:
+        return f"{steps}"
+
+    assert kept.task_config.master.restart_policy is RestartPolicy.NEVER
+    assert kept.task_config.run_policy.backoff_limit == 1
+
+    @interactive_pytorch  # off: the config stays as written
+    @task(task_config=PyTorch(num_workers=2))
+    def off(steps: int) -> str:
+        return f"{steps}"
+
+    assert off.task_config.worker.restart_policy is None and off.task_config.run_policy is None
