@@ -109,8 +109,8 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
 
 
 def summarize_ranks(run: RunDir, nproc_per_node: int, rank_exits: dict[int, int | None],
-                    seen: dict[int, float], lost: set[int] | frozenset[int] = frozenset()
-                    ) -> Summary:
+                    seen: dict[int, float], lost: set[int] | frozenset[int] = frozenset(),
+                    notes: dict[int, str] | None = None) -> Summary:
     """A :class:`Summary` for launchers whose units are ranks (Ray actors).
 
     Args:
@@ -120,6 +120,7 @@ def summarize_ranks(run: RunDir, nproc_per_node: int, rank_exits: dict[int, int 
         lost: ranks whose host vanished with them (a lost Ray node). They died before
             the launcher could notice, and before their peers failed on the closed
             connections: their last sign of life (the rank file's last write) orders them.
+        notes: why the launcher ended a rank (its node's idle culler), by rank.
     """
     ranks = run.ranks()
     outcomes: list[RankOutcome] = []
@@ -135,6 +136,8 @@ def summarize_ranks(run: RunDir, nproc_per_node: int, rank_exits: dict[int, int 
                                         else f"exited {code}")
         if rank in lost:
             message = "its node was lost with it (treated as preempted)"
+        elif notes and rank in notes:
+            message = notes[rank]
         outcomes.append(RankOutcome(rank, node, code, message if code else ""))
         if code:
             when = float(info["ended"]) if own else seen.get(rank, float("inf"))

@@ -26,9 +26,18 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from fi_dist import env_vars as ev
 from fi_dist import procs, rundir
 from fi_dist.console import PlainView, TeeView
-from fi_dist.contract import HUB_READY, JobContract, hub_command, rank_command
+from fi_dist.contract import (
+    HUB_READY,
+    IDLE_EXIT_CODE,
+    IDLE_READY,
+    JobContract,
+    hub_command,
+    idle_command,
+    rank_command,
+)
 from fi_dist.errors import LauncherError
 from fi_dist.summary import Summary, summarize_ranks
 from fi_dist.supervisor import Backend, Supervisor
@@ -66,6 +75,7 @@ class RankActor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pump: threading.Thread | None = None
         self.hub: procs.ReadyProcess | None = None
+        self.culler: procs.ReadyProcess | None = None
         self.lines: deque[str] = deque()
 
     def start_hub(self, env: dict[str, str], cwd: str) -> None:
@@ -73,6 +83,18 @@ class RankActor:
         full = {**os.environ, **env}
         self.hub = procs.start_ready(hub_command(ray.util.get_node_ip_address()), HUB_READY,
                                      env=full, cwd=cwd if os.path.isdir(cwd) else None)
+
+    def start_culler(self, node: int, env: dict[str, str], cwd: str) -> None:
+        """Start node ``node``'s idle culler on this Ray node (this actor is the node's
+        first rank's); it watches the ranks the run directory lists for the node."""
+        full = {**os.environ, **env}
+        self.culler = procs.start_ready(idle_command(node), IDLE_READY, env=full,
+                                        cwd=cwd if os.path.isdir(cwd) else None)
+
+    def stop_culler(self) -> None:
+        if self.culler is not None:
+            self.culler.stop()
+            self.culler = None
 
     def where(self) -> tuple[str, str]:
         """(node id, node IP) of this actor."""
@@ -224,6 +246,11 @@ class RayBackend(Backend):
                 for r, (_, ip) in zip(self.req.ranks, where, strict=True)]
         if job.debug is not None:
             ray.get(self.actors[0].start_hub.remote(envs[0], os.getcwd()))
+        if job.idle is not None:  # one culler per node, beside the node's first rank
+            for i, r in enumerate(self.req.ranks):
+                envs[i][ev.FI_DIST_IDLE_WATCHER] = f"ray node {r.node}"
+                if r.local_rank == 0:
+                    ray.get(self.actors[i].start_culler.remote(r.node, envs[i], os.getcwd()))
         argv = rank_command(self.spec.script, self.spec.script_args,
                             module=self.spec.module, no_python=self.spec.no_python)
         for a, env in zip(self.actors, envs, strict=True):
@@ -247,6 +274,8 @@ class RayBackend(Backend):
                 out, code = [], PREEMPTED_EXIT
                 self.lost.add(r.rank)
             lines += [(r.node, f"[node{r.node} rank{r.rank}] {text}") for text in out]
+            if code is not None and r.node in self.culled():
+                code = IDLE_EXIT_CODE  # ended by its node's culler: final, not retried
             if code is not None:
                 ended[r.rank] = code
                 self.seen[r.rank] = time.time()
@@ -258,14 +287,26 @@ class RayBackend(Backend):
                 with contextlib.suppress(RayActorError):
                     actor.terminate.remote(grace)
 
+    def culled(self) -> dict[int, str]:
+        """Nodes their idle culler ended, with its reason."""
+        return {n: str(d.get("reason") or "idle") for n, d in self.run_dir.node_idle().items()
+                if d.get("ended_at") is not None and not d.get("dry_run")}
+
     def summarize(self, exits: dict[int, int | None]) -> Summary:
+        notes = {r.rank: f"ended by the idle culler: {reason}" for r in self.req.ranks
+                 if (reason := self.culled().get(r.node))}
         return summarize_ranks(self.run_dir, self.spec.nproc_per_node, exits, self.seen,
-                               self.lost)
+                               self.lost, notes)
 
     def end_attempt(self) -> None:
         if self.job.debug is not None and self.actors:
             with contextlib.suppress(RayActorError, GetTimeoutError):
                 ray.get(self.actors[0].stop_hub.remote(), timeout=30)
+        if self.job.idle is not None:
+            for r, a in zip(self.req.ranks, self.actors, strict=True):
+                if r.local_rank == 0:
+                    with contextlib.suppress(RayActorError, GetTimeoutError):
+                        ray.get(a.stop_culler.remote(), timeout=30)
         for a in self.actors:
             with contextlib.suppress(Exception):
                 ray.kill(a)

@@ -176,25 +176,31 @@ def reload_function(fn: Callable[..., Any], file: str | None) -> Callable[..., A
 
 def _run(cfg: InteractiveConfig, fn: Callable[..., Any], file: str | None, args: Any,
          kwargs: Any, local_token: str | None = None) -> Any:
+    from fi_dist.runtime.idle.task import IdleCulledError
     from fi_dist.runtime.interactive import Session, fresh_store_namespace, restart_count
 
     root = Path(cfg.source_root).resolve() if cfg.source_root else source_root_of(file)
     if cfg.pre_execute is not None:
         cfg.pre_execute()
     session = Session(cfg, root, local_token=local_token)
-    session.open()
-    fresh_store_namespace()
-    target = reload_function(fn, file) if restart_count() > 0 else fn
     try:
-        if cfg.break_on_start and session.debugged:
-            import debugpy
+        session.open()
+        fresh_store_namespace()
+        target = reload_function(fn, file) if restart_count() > 0 else fn
+        try:
+            if cfg.break_on_start and session.debugged:
+                import debugpy
 
-            if debugpy.is_client_connected():
-                debugpy.breakpoint()
-        result = target(*args, **kwargs)
-    except Exception as exc:
-        session.post_mortem(exc)  # returns only when no resume came in time
-        session.close()
+                if debugpy.is_client_connected():
+                    debugpy.breakpoint()
+            result = target(*args, **kwargs)
+        except IdleCulledError:
+            raise  # the culler ended the task: no post-mortem for that
+        except Exception as exc:
+            session.post_mortem(exc)  # returns only when no resume came in time
+            raise
+    except BaseException as exc:
+        session.close(failed=exc)
         raise
     session.close()
     if cfg.post_execute is not None:
@@ -283,6 +289,12 @@ class InteractiveFunction:
     def __init__(self, target: _Target) -> None:
         functools.update_wrapper(self, target.fn)
         self.__wrapped__ = target
+
+    @property
+    def task_function(self) -> Callable[..., Any]:
+        """The user's function (flytekit's ``ClassDecorator`` name: its tracker finds the
+        task's file through it when the task is defined in ``__main__``)."""
+        return self.__wrapped__.fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         target = self.__wrapped__

@@ -74,3 +74,9 @@ def current() -> Heartbeat:
         rank = int(os.environ.get(ev.RANK, "0") or 0)
         _current = Heartbeat(RunDir(Path(run)) if run else None, rank)
     return _current
+
+
+def reset_current() -> None:
+    """Forget the cached heartbeat (the process's contract changed its run directory)."""
+    global _current
+    _current = None

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from fi_dist.integrations.flyte import InteractiveConfig
     from fi_dist.runtime.codeserver import CodeServer
     from fi_dist.runtime.debug.hub_process import HubProcess
+    from fi_dist.runtime.idle.task import TaskCuller
 
 log = logging.getLogger("fi_dist.interactive")
 
@@ -175,7 +176,10 @@ class Session:
         self.watcher: resume.Watcher | None = None
         self.debugged = cfg.ranks is None or self.env.rank in cfg.ranks
         self.info: dict[str, Any] = {}
+        self.culler: TaskCuller | None = None
+        self._run_dir: rundir.RunDir | None = None
         self._last_activity = time.monotonic()
+        self._activity_shared = 0.0
 
     @property
     def is_owner(self) -> bool:
@@ -183,6 +187,7 @@ class Session:
 
     # --- opening -------------------------------------------------------------------------
     def open(self) -> None:
+        self._start_culler()
         self.store = open_store(self.env)
         under_hub = contract.current().debug is not None  # fi-dist run --debug: hub exists
         if self.is_owner:
@@ -221,6 +226,44 @@ class Session:
             threading.Thread(target=self._code_server_on_failure, daemon=True).start()
         self._write_session()
         self.store.set(self.prefix + "hub", json.dumps(info))
+
+    def _start_culler(self) -> None:
+        """The idle culler of this rank's pod, unless one outside the ranks watches it (a
+        node agent's, a Ray node's): the contract's settings (FI_DIST_IDLE_*) or the
+        decorator's (``max_idle_seconds``, ``idle=``)."""
+        from fi_dist.runtime.idle import task
+
+        job = contract.current()
+        if os.environ.get(ev.FI_DIST_IDLE_WATCHER):
+            return
+        spec = job.idle or self.cfg.idle_spec
+        run_dir = task.pod_run_dir(self.env, self.scope.run_id or f"pid{os.getpid()}")
+        self._run_dir = run_dir
+        self._record_rank(state="running", started=time.time())
+        self.culler = task.TaskCuller(spec, self.env, run_dir, job.grace_period,
+                                      self._job_activity).start()
+
+    def _record_rank(self, **fields: Any) -> None:
+        # Where no rank_main wrote the rank's record (a pod running the task itself).
+        if self._run_dir is None:
+            return
+        own = self._run_dir.ranks().get(self.env.rank, {}).get("pid") == os.getpid()
+        if fields.get("state") == "running" and own:
+            self._run_dir = None  # rank_main keeps this rank's record
+            return
+        self._run_dir.write_rank(self.env.rank, node=self.env.node_rank,
+                                 local_rank=self.env.local_rank, pid=os.getpid(),
+                                 addr=self.env.node_addr, **fields)
+
+    def _job_activity(self) -> float | None:
+        """When rank 0's code-server last saw a user (published on the job's store)."""
+        if self.store is None:
+            return None
+        key = self.prefix + "activity"
+        with contextlib.suppress(Exception):
+            if self.store.check([key]):
+                return float(self.store.get(key))
+        return None
 
     def _start_debugger(self) -> None:
         from fi_dist.runtime.debug import agent, timeouts
@@ -294,6 +337,12 @@ class Session:
     def _activity(self) -> None:
         self._last_activity = time.monotonic()
         heartbeat.current().debug_activity()
+        now = time.time()
+        if self.store is not None and now - self._activity_shared >= 5.0:
+            # Every pod's culler reads it: a user editing on rank 0 keeps the whole job.
+            self._activity_shared = now
+            with contextlib.suppress(Exception):
+                self.store.set(self.prefix + "activity", repr(now))
 
     def _status(self) -> dict[str, Any]:
         failed = None
@@ -342,7 +391,10 @@ class Session:
                 connected = True
                 debugpy.trigger_exception_handler(exc, as_uncaught=True)
         self._last_activity = time.monotonic()
-        while time.monotonic() - self._last_activity < self.cfg.max_idle_seconds:
+        # With the culler on, it decides when nobody came (its idea of activity spans the
+        # job); the wait's own bound is the fallback without one.
+        culling = self.culler is not None and not self.culler.spec.dry_run
+        while culling or time.monotonic() - self._last_activity < self.cfg.max_idle_seconds:
             if connected:
                 import debugpy
 
@@ -352,7 +404,14 @@ class Session:
         print(f"fi-dist: {label}: no resume within {self.cfg.max_idle_seconds:g}s idle; "
               "failing the task", file=sys.stderr, flush=True)
 
-    def close(self) -> None:
+    def close(self, failed: BaseException | None = None) -> None:
+        if self.culler is not None:
+            self.culler.stop()
+        if failed is None:
+            self._record_rank(state="exited", exitcode=0, ended=time.time())
+        else:
+            self._record_rank(state="failed", exitcode=1, ended=time.time(),
+                              error=f"{type(failed).__name__}: {failed}")
         if self.watcher is not None:
             self.watcher.stop()
         if self.code_server is not None:

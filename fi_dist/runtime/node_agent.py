@@ -13,7 +13,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -101,7 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     from fi_dist.runtime import idle
 
-    culler = idle.start_for(job, run_dir, node.node_rank)  # None unless the job culls
+    launched = threading.Event()
+    main_thread = threading.main_thread().ident or 0
+
+    def end_agent() -> None:
+        # The ranks were ended; a launch still waiting (at rendezvous for a node that
+        # never came: no rank to end) gets the SIGTERM a pod's deletion would send.
+        if not launched.wait(2.0):
+            signal.pthread_kill(main_thread, signal.SIGTERM)
+
+    # None unless the job culls; its ranks then know this node is watched.
+    culler = idle.start_for(job, run_dir, node.node_rank, after_end=end_agent)
+    if culler is not None:
+        os.environ[ev.FI_DIST_IDLE_WATCHER] = f"node agent {node.node_rank}"
     hub = None
     if job.debug is not None and node.node_rank == 0:  # the debug hub beside rank 0
         from fi_dist.runtime.debug import hub_process
@@ -117,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         sigval = getattr(exc, "sigval", None)
         code = 128 + int(sigval) if sigval is not None else 1
     finally:
+        launched.set()
         if hub is not None:
             hub.stop()
     result["exitcode"] = code

@@ -34,10 +34,52 @@ def actions(verdicts) -> dict[float, Action]:
     return {i: v.action for i, v in enumerate(verdicts) if v.action is not Action.KEEP}
 
 
-def test_start_up_is_not_idle_until_first_activity():
-    verdicts = run([util(t, 0.0, 0.0) for t in range(30)])
-    assert {v.phase for v in verdicts} == {Phase.STARTING}
-    assert all(v.action is Action.KEEP for v in verdicts)
+def test_start_up_grace_is_one_window_not_until_the_first_activity():
+    """Idle from its start (ranks never came, or a wait for a client nobody brings):
+    ended one window after the watch began, and the reason says so."""
+    verdicts = run([util(t) for t in range(30)])
+    assert actions(verdicts) == {6: Action.WARN, 10: Action.STOP}
+    assert [v.phase for v in verdicts[:6]] == [Phase.STARTING] * 6
+    assert verdicts[10].reason == "idle since the start (no activity at all) for 10s (timeout 10s)"
+
+
+@pytest.mark.parametrize(("case", "observations", "stop_at"), [
+    # A node whose rank processes never start (stuck at rendezvous): no rank, no sample.
+    ("no rank ever", [util(t) for t in range(30)], 10),
+    # Ranks start at t=2 and sit at --wait-for-client (or a barrier): the start counts.
+    ("held from the start", [util(t, *((0.0, 0.0) if t >= 3 else ()), ranks=2 if t >= 2 else 0,
+                                   started=2.0 if t >= 2 else None) for t in range(30)], 12),
+    # The issue's sleeper with --idle-timeout 10 and the default 10 s interval, before the
+    # clamp: the first sample sees no process, the second sees them for the first time
+    # (no CPU figure yet), the third sees them asleep. It used to run forever.
+    ("sleeper, 10 s samples", [util(0), util(10, ranks=2, started=1.0),
+                               util(20, 0.0, 0.0, ranks=2, started=1.0),
+                               util(30, 0.0, 0.0, ranks=2, started=1.0)], 20),
+])
+def test_idle_from_the_start_is_ended_after_the_window(case, observations, stop_at):
+    verdicts = run(observations)
+    stops = [obs.time for obs, v in zip(observations, verdicts, strict=True)
+             if v.action is Action.STOP]
+    assert stops == [stop_at], case
+
+
+def test_a_sleeper_is_culled_within_the_window_plus_two_samples():
+    """The same sleeper sampled at the clamped interval (timeout/3): the ranks started at
+    t=1, computed until some time in (3.3, 6.7] (the second sample shows it), then slept."""
+    period = 10 / 3
+    obs = [util(0), util(period, ranks=2, started=1.0), util(2 * period, 60.0, 40.0, ranks=2,
+                                                              started=1.0)]
+    obs += [util(k * period, 0.0, 0.0, ranks=2, started=1.0) for k in range(3, 12)]
+    verdicts = run(obs)
+    stop = next(o.time for o, v in zip(obs, verdicts, strict=True) if v.action is Action.STOP)
+    for slept_at in (period + 0.01, 2 * period):  # when it went to sleep, at the extremes
+        assert POLICY.timeout <= stop - slept_at + 1e-9 <= POLICY.timeout + 2 * period + 1e-9
+
+
+def test_empty_samples_of_live_ranks_are_no_evidence_of_idleness():
+    # A blind sampler (NVML asked for and unusable) never ends a job it cannot see.
+    verdicts = run([util(t, ranks=2, started=0.0) for t in range(40)])
+    assert Action.STOP not in actions(verdicts).values()
 
 
 def test_busy_then_idle_warns_at_lead_and_stops_at_timeout_once():
@@ -110,11 +152,11 @@ def test_activity_after_a_warning_resumes_and_a_later_idle_warns_again():
                                  18: Action.STOP}
 
 
-def test_empty_sample_neither_starts_the_watch_nor_counts_as_idle():
-    obs = [util(t) for t in range(5)] + [util(5, 50.0)] + [util(t) for t in range(6, 30)]
-    verdicts = run(obs)
-    assert verdicts[4].phase is Phase.STARTING
-    assert Action.STOP not in actions(verdicts).values()
+def test_a_quiet_phase_counts_for_one_window_at_most():
+    # A save that never ends (state "saving ..." forever from t=3) counts until t=12, a
+    # window after it began (as a save that ended then would), then the node is idle.
+    obs = [util(0, 90.0)] + [util(t, 0.0, quiet=t >= 3) for t in range(1, 40)]
+    assert actions(run(obs)) == {18: Action.WARN, 22: Action.STOP}
 
 
 def test_hung_rank_is_stale_heartbeat_on_a_busy_node():

@@ -385,11 +385,15 @@ class Hub:
         await asyncio.gather(*closing, return_exceptions=True)
 
     def activity(self, link: RankLink) -> None:
-        """Tell the rank (its idle culler) a human is at the debugger; at most 1/s."""
+        """Tell every rank (each node's idle culler) a human is at the debugger of
+        ``link``'s rank; at most 1/s per rank. Every rank, because a node's culler sees
+        only its own ranks (a pod's run directory) and a human on rank 0 keeps the whole
+        job: the other ranks wait for it."""
         now = time.monotonic()
-        if now - link.activity_sent >= ACTIVITY_EVERY:
-            link.activity_sent = now
-            link.command(cmd="activity")
+        for other in self.ranks.values():
+            if now - other.activity_sent >= ACTIVITY_EVERY:
+                other.activity_sent = now
+                other.command(cmd="activity")
 
     # --- break all / continue all: events in, actions out ------------------------------
     def _rank_event(self, link: RankLink, msg: dict[str, Any]) -> None:

@@ -4,10 +4,16 @@ Nothing here reads a clock, a file or a device; :func:`decide` takes the previou
 :class:`WatchState` and one :class:`Observation` and returns the next state and a
 :class:`Verdict`, so the whole behaviour is testable as tables.
 
-Idle means: every device under the threshold, no training step, no debugger action
-and no expected quiet phase for the whole window. Anything else is activity and
-restarts the window. A paused job whose human keeps using the debugger is therefore
-kept; one whose client has been silent for the window is the forgotten session.
+Idle means: every device under the threshold, no training step, no debugger action,
+no rank starting and no expected quiet phase for the whole window. Anything else is
+activity and restarts the window. A paused job whose human keeps using the debugger is
+therefore kept; one whose client has been silent for the window is the forgotten
+session.
+
+The window runs from the watcher's first observation: start-up grace is one window,
+not "until the first activity" (a job idle from its start, stuck at rendezvous or
+waiting for a debugger nobody brings, is ended too). A quiet phase (a checkpoint save)
+counts as activity for at most one window.
 
 Hang is separate: a node that looks busy while a rank's step heartbeat is older than
 ``hang_factor`` median step times (a rank spinning in a collective shows 100 %).
@@ -20,8 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-QUIET_STATES = ("checkpoint", "saving", "restoring", "loading", "rendezvous")
-"""Rank ``state`` prefixes of expected quiet phases: they count as activity."""
+QUIET_STATES = ("checkpoint", "saving", "restoring", "loading")
+"""Rank ``state`` prefixes of expected quiet phases: activity, for at most one window.
+(Not rendezvous: one that does not complete within a window is the stuck job to end.)"""
 
 HEARTBEAT_PERIOD = 1.0
 """Seconds between two step-heartbeat writes at most (fi_dist.runtime.heartbeat throttle)."""
@@ -46,7 +53,7 @@ class Phase(StrEnum):
     """The node's idle state, as ``fi-dist status`` shows it."""
 
     STARTING = "starting"
-    """No activity seen yet: start-up is not idle."""
+    """No activity seen yet since the watch started (the window runs all the same)."""
     ACTIVE = "active"
     IDLE = "idle"
     """Idle for less than the window."""
@@ -84,13 +91,21 @@ class Observation:
     debug_activity: float | None = None
     """When a debugger client last did something anywhere in the job."""
     quiet: bool = False
-    """A rank is in an expected quiet phase (checkpoint save, rendezvous)."""
+    """A rank is in an expected quiet phase (checkpoint save or load)."""
+    ranks: int = 0
+    """This node's live rank processes (an empty sample with none is no evidence of use)."""
+    started: float | None = None
+    """When this node's newest rank process started (a start is activity)."""
 
 
 @dataclass(frozen=True)
 class WatchState:
     last_active: float | None = None
-    """When activity was last seen; None until the first (watching starts there)."""
+    """When activity was last seen; the first observation's time until then."""
+    active_seen: bool = False
+    """Whether anything but the watch's own start was activity yet."""
+    quiet_since: float | None = None
+    """When the current quiet phase began (None outside one)."""
     warned: bool = False
     stopped: bool = False
     steps: Mapping[int, tuple[int, float]] = field(default_factory=dict)
@@ -132,42 +147,51 @@ def hang_after(policy: Policy, durations: tuple[float, ...]) -> float | None:
 def decide(policy: Policy, state: WatchState, obs: Observation) -> tuple[WatchState, Verdict]:
     """Fold one observation into the state; say what to do now."""
     busy = any(u >= policy.threshold for u in obs.utilisation)
+    quiet_since = (state.quiet_since if state.quiet_since is not None else obs.time
+                   ) if obs.quiet else None
     marks: list[float] = []
-    if busy or obs.quiet:
+    if busy or (quiet_since is not None and obs.time - quiet_since < policy.timeout):
         marks.append(obs.time)
-    # An empty sample (no rank process yet, a failed read, a blind sampler) is no
-    # evidence of idleness: it keeps a running watch alive but does not start one.
-    if not obs.utilisation and state.last_active is not None:
+    # Live ranks but no sample for them (a process seen for the first time, a failed
+    # read, a blind sampler) is no evidence of idleness. No rank at all is no activity.
+    if not obs.utilisation and obs.ranks:
         marks.append(obs.time)
     if obs.debug_activity is not None:
         marks.append(min(obs.debug_activity, obs.time))
     if obs.steps:
         marks.append(min(max(t for _, t in obs.steps.values()), obs.time))
-    last = max([m for m in (state.last_active, *marks) if m is not None], default=None)
+    if obs.started is not None:
+        marks.append(min(obs.started, obs.time))
+    # The watch starts with the first observation: start-up grace is one window.
+    first = obs.time if state.last_active is None else state.last_active
+    last = max([first, *marks])
+    active_seen = state.active_seen or bool(marks)
     durations = _durations(state.steps, obs.steps, state.step_durations)
-    new = replace(state, last_active=last, steps=dict(obs.steps), step_durations=durations)
+    new = replace(state, last_active=last, active_seen=active_seen, quiet_since=quiet_since,
+                  steps=dict(obs.steps), step_durations=durations)
 
     hung: tuple[int, ...] = ()
     limit = hang_after(policy, durations)
     if busy and limit is not None:
         hung = tuple(sorted(r for r, (_, t) in obs.steps.items() if obs.time - t > limit))
 
-    if last is None:
-        return new, Verdict(Action.KEEP, Phase.STARTING, 0.0, hung, "no activity yet")
     idle_for = max(obs.time - last, 0.0)
+    since = "idle" if active_seen else "idle since the start (no activity at all)"
     if state.stopped:
         return new, Verdict(Action.KEEP, Phase.ENDING, idle_for, hung, "already ending")
     if idle_for >= policy.timeout:
         new = replace(new, stopped=True, warned=True)
         return new, Verdict(Action.STOP, Phase.ENDING, idle_for, hung,
-                            f"idle for {idle_for:.0f}s (timeout {policy.timeout:g}s)")
+                            f"{since} for {idle_for:.0f}s (timeout {policy.timeout:g}s)")
     if idle_for >= policy.timeout - policy.lead:
         if state.warned:
             return new, Verdict(Action.KEEP, Phase.WARNED, idle_for, hung, "warned")
         new = replace(new, warned=True)
         return new, Verdict(Action.WARN, Phase.WARNED, idle_for, hung,
-                            f"idle for {idle_for:.0f}s; ending in "
+                            f"{since} for {idle_for:.0f}s; ending in "
                             f"{policy.timeout - idle_for:.0f}s")
+    if not active_seen:
+        return new, Verdict(Action.KEEP, Phase.STARTING, idle_for, hung, "no activity yet")
     recent = 2 * max(policy.interval, HEARTBEAT_PERIOD)
     phase = Phase.HUNG if hung else (
         Phase.ACTIVE if busy or idle_for < recent else Phase.IDLE)

@@ -1,4 +1,9 @@
-"""The per-node culler: a background thread in the node agent.
+"""The per-node culler: a background thread of whatever hosts it.
+
+Three hosts run the same watcher: the node agent (``fi-dist run``), the Flyte decorator
+in a task's pod (:mod:`fi_dist.runtime.idle.task`, no node agent there) and a process
+of its own per Ray node (``python -m fi_dist.runtime.idle``). A host only says how its
+node ends (``kill``, ``after_end``).
 
 Every ``interval`` it reads this node's ranks from the run directory (pids, step
 heartbeat, debugger activity, state), samples utilisation, folds both into the pure
@@ -53,10 +58,21 @@ class IdleWatcher:
     def __init__(self, spec: IdleSpec, run_dir: RunDir, node: int, sampler: Sampler,
                  notifiers: list[Notifier], grace: float = 30.0,
                  clock: Callable[[], float] = time.time,
-                 kill: Callable[[int, int], None] = os.kill) -> None:
+                 kill: Callable[[int, int], None] = os.kill,
+                 after_end: Callable[[], None] | None = None,
+                 job_activity: Callable[[], float | None] | None = None) -> None:
+        """
+        Args:
+            kill: how a rank is signalled (the decorator's host raises in its own main
+                thread rather than signalling its whole process).
+            after_end: called once the node's ranks were ended (the host ends itself).
+            job_activity: when a human last did something anywhere in the job, from a
+                source beyond this node's run directory (another pod's code-server).
+        """
         self.spec = spec
+        self.interval = spec.sample_interval
         self.policy = Policy(spec.timeout, spec.threshold, spec.warn_lead, spec.hang_factor,
-                             spec.interval)
+                             self.interval)
         self.run_dir = run_dir
         self.node = node
         self.sampler = sampler
@@ -64,6 +80,8 @@ class IdleWatcher:
         self.grace = grace
         self.clock = clock
         self.kill = kill
+        self.after_end = after_end
+        self.job_activity = job_activity
         self.state = WatchState()
         self.verdict: Verdict | None = None
         self.ended_at: float | None = None
@@ -76,8 +94,18 @@ class IdleWatcher:
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
+        if note := self.spec.interval_note():
+            log.warning("fi-dist %s", note)
         self._thread = threading.Thread(target=self._loop, name="fi-dist-idle", daemon=True)
+        # Never paused by a debugger's "pause all" (pydevd skips its own daemon threads).
+        self._thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
+        self._thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
         self._thread.start()
+
+    @property
+    def ended(self) -> bool:
+        """The culler decided to end this node (not in dry-run mode)."""
+        return self.ended_at is not None
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -108,6 +136,8 @@ class IdleWatcher:
             try:
                 if self.tick() is Action.STOP and not self.spec.dry_run:
                     self._end_node()
+                    if self.after_end is not None and not self._stop.is_set():
+                        self.after_end()
                     return
             except Exception as exc:  # a failed poll must not end the watch
                 self._failures += 1
@@ -116,7 +146,7 @@ class IdleWatcher:
                 else:
                     log.warning("fi-dist idle: node %d: sample failed (%d times): %s: %s",
                                 self.node, self._failures, type(exc).__name__, exc)
-            if self._stop.wait(self.spec.interval):
+            if self._stop.wait(self.interval):
                 return
 
     # --- one sample ------------------------------------------------------------------
@@ -124,7 +154,8 @@ class IdleWatcher:
         ranks = self.run_dir.ranks()
         mine = {r: d for r, d in ranks.items()
                 if d.get("node") == self.node and d.get("state") not in _DONE_STATES}
-        pids = {r: d["pid"] for r, d in mine.items() if isinstance(d.get("pid"), int)}
+        pids = {r: d["pid"] for r, d in mine.items()
+                if isinstance(d.get("pid"), int) and pid_alive(d["pid"])}
         samples = self.sampler.sample(pids)
         steps = {r: (int(d["step"]), float(d["step_time"])) for r, d in mine.items()
                  if isinstance(d.get("step"), int) and isinstance(d.get("step_time"), float)}
@@ -132,9 +163,14 @@ class IdleWatcher:
         # node whose ranks wait for rank 0 in a collective.
         debug = [float(d["debug_activity"]) for d in ranks.values()
                  if isinstance(d.get("debug_activity"), int | float)]
+        if self.job_activity is not None and (elsewhere := self.job_activity()) is not None:
+            debug.append(elsewhere)
         quiet = any(str(d.get("state", "")).startswith(QUIET_STATES) for d in mine.values())
+        started = [float(d["started"]) for r, d in mine.items()
+                   if r in pids and isinstance(d.get("started"), int | float)]
         obs = Observation(self.clock(), tuple(s.utilisation for s in samples), steps,
-                          max(debug, default=None), quiet)
+                          max(debug, default=None), quiet, ranks=len(pids),
+                          started=max(started, default=None))
         return obs, samples, pids
 
     def tick(self) -> Action:
@@ -182,7 +218,7 @@ class IdleWatcher:
         write_json(self.run_dir.idle_file(self.node), {
             "node": self.node, "phase": phase, "idle_for": round(verdict.idle_for, 3),
             "timeout": self.spec.timeout, "threshold": self.spec.threshold,
-            "interval": self.spec.interval, "sampler": self.sampler.kind,
+            "interval": self.interval, "sampler": self.sampler.kind,
             "devices": [vars(s) for s in samples], "hung": list(verdict.hung),
             "dry_run": self.spec.dry_run, "last_active": self.state.last_active,
             "ended_at": self.ended_at, "reason": verdict.reason, "updated": obs.time,
@@ -203,6 +239,8 @@ class IdleWatcher:
             pids = [p for p in pids if pid_alive(p) and not _zombie(p)]
             if not pids or self._stop.wait(0.1):
                 break
+        if self._stop.is_set():  # the host is ending on its own (the checkpoint request)
+            return
         left = [p for p in pids if pid_alive(p) and not _zombie(p)]
         if left:
             log.warning("fi-dist idle: node %d: SIGKILL to %s after %gs", self.node, left,
