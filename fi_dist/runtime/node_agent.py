@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -104,13 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     from fi_dist.runtime import idle
 
     launched = threading.Event()
-    main_thread = threading.main_thread().ident or 0
 
     def end_agent() -> None:
         # The ranks were ended; a launch still waiting (at rendezvous for a node that
-        # never came: no rank to end) gets the SIGTERM a pod's deletion would send.
-        if not launched.wait(2.0):
-            signal.pthread_kill(main_thread, signal.SIGTERM)
+        # never came: no rank to end) cannot be interrupted, so the agent ends here.
+        if launched.wait(2.0) or culler is None:
+            return
+        result.update(exitcode=1, ended=time.time())
+        code = culler.finish(result, 1)
+        if run_dir:
+            write_json(run_dir.node_file(node.node_rank), result)
+        print(f"fi-dist: node {node.node_rank}: {result['error']}", file=sys.stderr, flush=True)
+        os._exit(code)
 
     # None unless the job culls; its ranks then know this node is watched.
     culler = idle.start_for(job, run_dir, node.node_rank, after_end=end_agent)
