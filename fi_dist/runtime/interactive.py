@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -237,11 +238,17 @@ class Session:
         if os.environ.get(ev.FI_DIST_IDLE_WATCHER):
             return
         spec = job.idle or self.cfg.idle_spec
-        run_dir = task.pod_run_dir(self.env, self.scope.run_id or f"pid{os.getpid()}")
+        # One process alone (no run id to share a directory by): a directory of its own.
+        run_dir = task.pod_run_dir(self.env, self.scope.run_id or uuid.uuid4().hex)
+        culler = task.TaskCuller(spec, self.env, run_dir, job.grace_period, self._job_activity,
+                                 owns_run_dir=not job.run_dir)
+        if reason := culler.culled():
+            # This pod was culled before this worker group's restart (an Elastic agent
+            # restarts failed workers): the task stays ended.
+            raise task.IdleCulledError(culler.message(reason))
         self._run_dir = run_dir
         self._record_rank(state="running", started=time.time())
-        self.culler = task.TaskCuller(spec, self.env, run_dir, job.grace_period,
-                                      self._job_activity).start()
+        self.culler = culler.start()
 
     def _record_rank(self, **fields: Any) -> None:
         # Where no rank_main wrote the rank's record (a pod running the task itself).
@@ -366,7 +373,7 @@ class Session:
     def _on_resume(self, gen: int, written: list[str]) -> None:
         print(f"fi-dist: {self.env.label()}: resume generation {gen} ({len(written)} file(s) "
               "updated here); restarting with the edited code", file=sys.stderr, flush=True)
-        self.close()
+        self.close(exitcode=resume.RESUME_EXIT_CODE)
         sys.stdout.flush()
         os._exit(resume.RESUME_EXIT_CODE)
 
@@ -404,14 +411,14 @@ class Session:
         print(f"fi-dist: {label}: no resume within {self.cfg.max_idle_seconds:g}s idle; "
               "failing the task", file=sys.stderr, flush=True)
 
-    def close(self, failed: BaseException | None = None) -> None:
-        if self.culler is not None:
-            self.culler.stop()
+    def close(self, failed: BaseException | None = None, exitcode: int = 0) -> None:
         if failed is None:
-            self._record_rank(state="exited", exitcode=0, ended=time.time())
+            self._record_rank(state="exited", exitcode=exitcode, ended=time.time())
         else:
             self._record_rank(state="failed", exitcode=1, ended=time.time(),
                               error=f"{type(failed).__name__}: {failed}")
+        if self.culler is not None:
+            self.culler.stop()
         if self.watcher is not None:
             self.watcher.stop()
         if self.code_server is not None:

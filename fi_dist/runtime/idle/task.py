@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -71,8 +72,11 @@ class TaskCuller:
 
     def __init__(self, spec: IdleSpec, env: RankEnvironment, run_dir: RunDir,
                  grace: float, job_activity: Callable[[], float | None] | None = None,
-                 termination_log: Path = TERMINATION_LOG) -> None:
+                 termination_log: Path = TERMINATION_LOG, owns_run_dir: bool = False) -> None:
         self.spec = spec
+        self.owns_run_dir = owns_run_dir
+        """The run directory is this pod's own (no launcher made one): removed after a
+        task that ended normally on a pod of one rank."""
         self.env = env
         self.run_dir = run_dir
         self.grace = grace
@@ -156,3 +160,7 @@ class TaskCuller:
         if self.watcher is not None:
             self.watcher.stop()
         self.uninstall()
+        # Kept when it records a cull (a restarted worker group reads it) or other ranks
+        # of the pod may still write to it.
+        if self.owns_run_dir and self.env.local_world_size == 1 and self.culled() is None:
+            shutil.rmtree(self.run_dir.path, ignore_errors=True)
