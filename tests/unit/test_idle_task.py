@@ -99,12 +99,21 @@ def test_own_pid_gets_the_signal_in_its_main_thread(monkeypatch, tmp_path):
                     ("pid", os.getpid(), signal.SIGKILL)]
 
 
-def test_a_private_run_dir_goes_with_a_task_that_ended_normally(tmp_path: Path):
+def test_a_private_run_dir_goes_with_the_pods_last_rank(tmp_path: Path):
+    two = RankEnvironment.from_env({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+                                    "LOCAL_WORLD_SIZE": "2", "FI_DIST_LAUNCHER": "local"})
     run = RunDir(tmp_path / "pod")
-    run.write_rank(0, pid=1)
-    TaskCuller(SPEC, env(0, 0), run, 5, owns_run_dir=True).stop()
+    run.write_rank(0, node=0, pid=1, state="exited")
+    run.write_rank(1, node=0, pid=2, state="running")
+    TaskCuller(SPEC, two, run, 5, owns_run_dir=True).stop()
+    assert run.path.exists()  # rank 1 still runs
+    run.write_rank(1, node=0, pid=2, state="failed")
+    TaskCuller(SPEC, two, run, 5, owns_run_dir=False).stop()
+    assert run.path.exists()  # the job's own run directory: never removed
+    TaskCuller(SPEC, two, run, 5, owns_run_dir=True).stop()
     assert not run.path.exists()
-    run.write_rank(0, pid=1)
+    run.write_rank(0, node=0, pid=1, state="exited")
+    run.write_rank(1, node=0, pid=2, state="exited")
     write_json(run.idle_file(0), {"ended_at": 1.0, "reason": "idle", "dry_run": False})
-    TaskCuller(SPEC, env(0, 0), run, 5, owns_run_dir=True).stop()
+    TaskCuller(SPEC, two, run, 5, owns_run_dir=True).stop()
     assert run.path.exists()  # a cull is kept: a restarted worker group reads it

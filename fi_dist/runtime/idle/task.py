@@ -75,8 +75,8 @@ class TaskCuller:
                  termination_log: Path = TERMINATION_LOG, owns_run_dir: bool = False) -> None:
         self.spec = spec
         self.owns_run_dir = owns_run_dir
-        """The run directory is this pod's own (no launcher made one): removed after a
-        task that ended normally on a pod of one rank."""
+        """The run directory is this pod's own (no launcher made one): removed when the
+        pod's ranks all ended, unless it records a cull."""
         self.env = env
         self.run_dir = run_dir
         self.grace = grace
@@ -160,7 +160,11 @@ class TaskCuller:
         if self.watcher is not None:
             self.watcher.stop()
         self.uninstall()
-        # Kept when it records a cull (a restarted worker group reads it) or other ranks
-        # of the pod may still write to it.
-        if self.owns_run_dir and self.env.local_world_size == 1 and self.culled() is None:
+        # Removed by the pod's last rank to end; kept when it records a cull (a restarted
+        # worker group reads it).
+        if not self.owns_run_dir or self.culled() is not None:
+            return
+        mine = [d for d in self.run_dir.ranks().values() if d.get("node") == self.env.node_rank]
+        if (len(mine) >= self.env.local_world_size
+                and all(d.get("state") in ("exited", "failed") for d in mine)):
             shutil.rmtree(self.run_dir.path, ignore_errors=True)
