@@ -25,20 +25,20 @@ def env(rank: int = 1, node: int = 1) -> RankEnvironment:
 
 
 def test_a_pod_without_a_launcher_run_dir_gets_a_private_one(monkeypatch, tmp_path):
-    monkeypatch.delenv(ev.FI_DIST_RUN_DIR, raising=False)
+    monkeypatch.setenv(ev.FI_DIST_RUN_DIR, "")  # restored to what it was (unset) after
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)
     run = pod_run_dir(env(), "flyte-execution-abc")
-    monkeypatch.delenv(ev.FI_DIST_RUN_DIR)
+    os.environ.pop(ev.FI_DIST_RUN_DIR)
     contract.reset_current()
     again = pod_run_dir(env(), "flyte-execution-abc")  # another rank of the pod: the same
     assert run == again and run.path.name.endswith("-node1")
     assert oct(run.path.stat().st_mode & 0o777) == "0o700"
     assert os.environ[ev.FI_DIST_RUN_DIR] == str(run.path)
     assert contract.current().run_dir == str(run.path)  # heartbeats now land there
-    monkeypatch.delenv(ev.FI_DIST_RUN_DIR)
+    os.environ.pop(ev.FI_DIST_RUN_DIR)
     contract.reset_current()
     assert pod_run_dir(env(), "another-execution") != run
 
