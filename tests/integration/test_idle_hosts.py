@@ -63,8 +63,9 @@ def test_sleeper_with_the_default_interval_is_culled(tmp_path: Path) -> None:
         idle = json.loads(run.idle_file(node).read_text())
         slept = float((tmp_path / f"idle-since-{node}").read_text())
         ended = idle["ended_at"]
-        # Within the window + 2 samples of falling asleep (0.5 s for a crowded machine).
-        assert ended - slept <= window + 2 * sample + 0.5, (ended - slept, idle)
+        # Within the window + 2 samples of falling asleep (+1 s: a crowded machine delays
+        # the watcher's ticks).
+        assert ended - slept <= window + 2 * sample + 1.0, (ended - slept, idle)
         assert idle["interval"] == sample
     assert "root cause (first failure): node " in r.stdout and "ended by the idle culler" in r.stdout
     assert procs.job_processes(run.run_id) == []
@@ -88,8 +89,10 @@ def test_a_node_stuck_at_rendezvous_is_ended_after_the_window(tmp_path: Path) ->
     result = json.loads(run.node_file(0).read_text())
     assert result["error"].startswith("ended by the idle culler: idle since the start")
     idle = json.loads(run.idle_file(0).read_text())
-    assert window <= idle["ended_at"] - started <= window + 2 * 0.5 + 3.0  # + start-up
-    assert took < window + 30, took
+    # Never active: the last activity is the watch's own start, a window before the end.
+    assert idle["last_active"] > started
+    assert window <= idle["ended_at"] - idle["last_active"] <= window + 2 * 0.5 + 0.5, idle
+    assert took < window + 40, took  # the agent's start-up (torch) plus the window
     assert procs.job_processes(run.run_id) == []
 
 
@@ -180,7 +183,7 @@ def test_decorator_keeps_an_active_session_and_ends_a_forgotten_one(tmp_path: Pa
     idle = json.loads((pod / "nodes" / "0.idle.json").read_text())
     # Within the window + 2 samples of the last client action; the activity note it left
     # is throttled to one a second, so up to 1 s earlier.
-    assert window - 1.5 <= idle["ended_at"] - forgotten_at <= window + 2 * 0.5 + 0.5, idle
+    assert window - 1.5 <= idle["ended_at"] - forgotten_at <= window + 2 * 0.5 + 1.0, idle
     assert ended - forgotten_at < window + 30
     assert oct(pod.stat().st_mode & 0o777) == "0o700"
     shutil.rmtree(pod)
@@ -201,4 +204,4 @@ def test_ray_idle_node_is_culled(tmp_path: Path) -> None:
     run = rundir.current_run(tmp_path, require_alive=False)
     idle = json.loads(run.idle_file(0).read_text())
     slept = float((tmp_path / "idle-since").read_text())
-    assert 3.0 - 1.0 <= idle["ended_at"] - slept <= 3.0 + 2 * 0.5 + 0.5, idle
+    assert 3.0 - 1.0 <= idle["ended_at"] - slept <= 3.0 + 2 * 0.5 + 1.0, idle
