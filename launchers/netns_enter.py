@@ -1,6 +1,6 @@
 """Enter a node's network namespace, then exec a command: what a container runtime does.
 
-``python -m fi_dist.launchers.netns_enter --netns PATH --hosts FILE --hostname NAME -- ARGV``
+``python -I -S netns_enter.py --netns PATH --hosts FILE --hostname NAME -- ARGV``
 
 1. ``setns`` into the network namespace at PATH (``/proc/<launcher>/fd/<fd>``);
 2. a mount and a UTS namespace of its own: ``/`` made a slave (nothing mounted here
@@ -10,7 +10,8 @@
    interface, lands on the node's ``eth0`` exactly as in a pod;
 3. ``exec`` ARGV (the node agent), keeping the pid and every inherited descriptor.
 
-Standard library only and no fi_dist import beyond the package: it runs once per node start.
+Standard library only, run as a file without ``site`` (no package import): it runs once
+per node start and costs about what ``python -I -S -c pass`` does.
 """
 
 from __future__ import annotations
