@@ -146,6 +146,9 @@ def main() -> None:
         print(report(results, "loopback", "netns",
                      {"launch->first step (s)": "ratio <= 1.10",
                       "whole run (s)": "informational"}))
+        for name, series in results.items():  # the spread: a loaded machine is noisy
+            first = series["launch->first step (s)"].values
+            print(f"  {name} launch->first step runs: {[round(v, 2) for v in first]}")
 
 
 if __name__ == "__main__":
