@@ -81,6 +81,8 @@ def format_status(st: JobStatus) -> str:
         for rank, row in sorted(st.ranks.items()):
             extra = (f"  [idle: {row['idle']}, {row['idle_for']:.0f}s]" if "idle" in row
                      else "")
+            if row.get("network"):  # fi-dist chaos faults on the rank's node
+                extra += f"  [network: {row['network']}]"
             if (c := row.get("checkpoint")) and isinstance(c, dict) and not c.get("done"):
                 extra += (f"  [checkpoint {c.get('op')} step {c.get('step')}: "
                           f"{c.get('bytes', 0) >> 20}/{c.get('total', 0) >> 20} MiB, "
