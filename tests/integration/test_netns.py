@@ -246,6 +246,9 @@ def test_each_node_its_own_namespace_names_and_eth0_same_checksum_under_delay(jo
     assert "node 1: delay 5 ms -> delay 5 ms" in out, out
     after = min(tcp_connect_ms(agents[1], ("10.244.0.2", port)) for _ in range(3))
     assert after >= 5.0 > before, (before, after)
+    status = subprocess.run(fi_dist_cmd("status"), cwd=j.workdir, capture_output=True,
+                            text=True, timeout=60).stdout
+    assert status.count("[network: delay 5 ms]") == 2, status  # ranks 2 and 3
 
     assert j.finish() == 0, j.output[-3000:]
     assert checksum(j.output) == reference
