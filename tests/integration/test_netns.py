@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import pytest
 
+from fi_dist import env_vars as ev
 from fi_dist import procs, rundir
 from fi_dist.launchers.netns import in_netns
 from tests.support.cli import EXAMPLES, fi_dist_cmd
@@ -225,9 +226,9 @@ def test_each_node_its_own_namespace_names_and_eth0_same_checksum_under_delay(jo
         assert netns_of(info["pid"]) == spaces[node]
         assert spaces[node] == f"net:[{net['nodes'][str(node)]['netns']}]"
         env = environ(info["pid"])
-        assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == MASTER  # as the operator sets it
-        assert env["FI_DIST_NODE_ADDR"] == f"10.244.0.{node + 2}"
-        assert "GLOO_SOCKET_IFNAME" not in env  # gloo finds the node's interface itself
+        assert env[ev.MASTER_ADDR] == env[ev.PET_MASTER_ADDR] == MASTER  # as the operator has it
+        assert env[ev.FI_DIST_NODE_ADDR] == f"10.244.0.{node + 2}"
+        assert ev.GLOO_SOCKET_IFNAME not in env  # gloo finds the node's interface itself
     # gloo's connections go out of each node's eth0 address, never loopback.
     j.wait_checkpoint()  # training: every rank's process group is up
     for r, info in ranks.items():
