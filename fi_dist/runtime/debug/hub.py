@@ -251,12 +251,15 @@ class Hub:
             for link in list(self.ranks.values()):
                 if link.state is RankState.EXITED:
                     continue
-                link.command(cmd="ping")
-                if not link.unreachable and now - link.heard > UNREACHABLE_AFTER:
-                    link.unreachable = True
-                    self._note(link, f"fi-dist: {link.label} is unreachable: no answer for "
-                                     f"{now - link.heard:.0f}s (a network partition or a hung "
-                                     "node); the other ranks stay inspectable")
+                try:
+                    link.command(cmd="ping")
+                    if not link.unreachable and now - link.heard > UNREACHABLE_AFTER:
+                        link.unreachable = True
+                        self._note(link, f"fi-dist: {link.label} is unreachable: no answer "
+                                         f"for {now - link.heard:.0f}s (a network partition "
+                                         "or a hung node); the other ranks stay inspectable")
+                except Exception as exc:  # one broken link must not stop the watch
+                    log.info("%s: ping failed: %s", link.label, exc)
 
     def _note(self, link: RankLink, text: str) -> None:
         """A line for the log and the IDE (the root session and the rank's own view)."""
