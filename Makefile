@@ -3,7 +3,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt scripts/install_code_server.sh 2>/dev/null | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt scripts/install_code_server.sh scripts/install_netns_tools.sh 2>/dev/null | sha1sum | cut -c1-12)
 
 .PHONY: setup demo test lint bench clean
 
@@ -16,6 +16,7 @@ $(STAMP):
 	# backtracking, the same versions on every machine.
 	$(BIN)/pip install -q -c constraints.txt -e '.[all,test]'
 	bash scripts/install_code_server.sh  # code-server 4.100.3 from npm into .tools/ (docs/flyte.md)
+	bash scripts/install_netns_tools.sh  # ip, tc, nsenter for --network netns (docs/launchers.md)
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP)

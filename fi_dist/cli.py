@@ -1,6 +1,6 @@
 """``fi-dist``: run, preempt and inspect distributed training jobs.
 
-Subcommands: run, preempt, status, attach, logs, cancel, resume. Flag names follow
+Subcommands: run, preempt, chaos, status, attach, logs, cancel, resume. Flag names follow
 torchrun's.
 """
 
@@ -17,15 +17,17 @@ from fi_dist.job_commands import (
     api_errors,
     cmd_attach,
     cmd_cancel,
+    cmd_chaos,
     cmd_logs,
     cmd_status,
 )
-from fi_dist.spec import JobSpec
+from fi_dist.spec import NETWORKS, JobSpec
 
 # Flags of `run` that map onto JobSpec fields; None means "not given on the command line".
 _RUN_FIELDS = ("nnodes", "nproc_per_node", "master_port", "launcher", "name",
                "max_restarts", "grace_period", "image", "namespace", "checkpoint_uri",
-               "network_policy", "module", "no_python", "pod_entrypoint")
+               "network_policy", "module", "no_python", "pod_entrypoint", "network",
+               "node_timeout")
 # `--idle-X` flags map onto IdleSpec field X (docs/idle.md); any of them turns culling on.
 _IDLE_FIELDS = ("timeout", "threshold", "interval", "warn_lead", "dry_run", "sampler",
                 "hang_factor", "webhook", "email", "smtp", "email_from")
@@ -131,6 +133,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    default=None, help="local: each node runs the target itself as its pod's "
                    "entrypoint with the operator's pod env, no node agent or torchrun "
                    "(a Flyte PyTorch task's pods; docs/flyte.md)")
+    p.add_argument("--network", choices=NETWORKS, default=None,
+                   help="local: loopback (default: every node on 127.0.0.x) or netns (each "
+                   "node in its own network namespace with eth0, pod IP and pod DNS names; "
+                   "root; faults with fi-dist chaos)")
+    p.add_argument("--node-timeout", dest="node_timeout", type=float, default=None,
+                   metavar="S", help="local: a node whose agent is unreachable for S seconds "
+                   "is lost: the attempt fails (retryable) (default 60; 0 = never)")
     p.add_argument("--config", default=None, help="job spec file (.toml/.yaml) from configs/")
     _add_idle_flags(p)
     _add_debug_flags(p)
@@ -148,6 +157,26 @@ def _add_preempt(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_preempt)
 
 
+def _add_chaos(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chaos", help="network faults on node K of the running --network netns "
+                       "job: partition, heal, delay MS, loss PCT",
+                       description="Break node K's network while the job runs (recorded in "
+                       "the run directory and the job summary). heal clears every fault.")
+    p.add_argument("--node", type=int, required=True, help="the node index")
+    p.add_argument("--job", dest="job", default=None,
+                   help="run id (default: the newest run here)")
+    faults = p.add_subparsers(dest="fault", required=True)
+    faults.add_parser("partition", help="the node's link goes down: nothing in, nothing out")
+    faults.add_parser("heal", help="every fault of the node off")
+    d = faults.add_parser("delay", help="hold each packet the node sends MS milliseconds")
+    d.add_argument("ms", type=float, help="milliseconds (0 removes the delay)")
+    d.add_argument("--jitter", type=float, default=0.0, metavar="MS",
+                   help="+- this many milliseconds, uniformly")
+    loss = faults.add_parser("loss", help="drop PCT percent of the packets the node sends")
+    loss.add_argument("pct", type=float, help="percent (0 removes the loss)")
+    p.set_defaults(func=cmd_chaos, launcher=None, namespace=None)
+
+
 def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="a job's state and every rank's (default: the newest "
                        "run here)")
@@ -161,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_preempt(sub)
+    _add_chaos(sub)
     _add_status(sub)
     _add_attach(sub)
     _add_resume(sub)

@@ -26,7 +26,7 @@ from typing import Any
 
 from fi_dist import env_vars as ev
 from fi_dist.errors import ConfigError, InconsistentEnvError
-from fi_dist.spec import DebugSpec, IdleSpec, JobSpec
+from fi_dist.spec import NETWORKS, DebugSpec, IdleSpec, JobSpec
 
 DEFAULT_PG_TIMEOUT = 7 * 24 * 3600.0
 """Seconds of process-group timeout in debug mode: any debugging session, not forever."""
@@ -133,6 +133,28 @@ def idle_command(node: int, python: str = sys.executable) -> list[str]:
     it ended the node.
     """
     return [python, "-m", "fi_dist.runtime.idle", "--node", str(node)]
+
+
+# --- node liveness (local launcher) ------------------------------------------------------
+HEARTBEAT_EVERY = 0.5
+"""Seconds between two heartbeats of a node agent."""
+_HEARTBEAT_TAG = "fi-dist-hb"
+
+
+def heartbeat_message(run_id: str, node: int, attempt: int, seq: int) -> bytes:
+    """One heartbeat datagram: node ``node`` of attempt ``attempt`` of run ``run_id`` lives."""
+    return f"{_HEARTBEAT_TAG} {run_id} {node} {attempt} {seq}".encode()
+
+
+def parse_heartbeat(data: bytes) -> tuple[str, int, int] | None:
+    """(run id, node, attempt) of a heartbeat datagram; None for anything else."""
+    try:
+        tag, run_id, node, attempt, _seq = data.decode("ascii").split()
+        if tag == _HEARTBEAT_TAG:
+            return run_id, int(node), int(attempt)
+    except (UnicodeDecodeError, ValueError):
+        pass
+    return None
 
 
 # --- how values are written and read -------------------------------------------------
@@ -371,6 +393,15 @@ class JobContract:
     """Idle culler settings; None when culling is off."""
     env: tuple[tuple[str, str], ...] = ()
     """The user's extra environment for every rank, as sorted (name, value) pairs."""
+    network: str = "loopback"
+    """Local launcher: ``loopback`` (gloo pinned to ``lo``) or ``netns`` (each node in its
+    own network namespace: gloo picks the node's interface as in a pod)."""
+    heartbeat: str | None = None
+    """``HOST:PORT`` (UDP) where each node agent reports that it is alive (local launcher)."""
+    lifeline_fd: int | None = None
+    """A pipe's read end each node agent inherits; end of file means the launcher is gone."""
+    owner: str = ""
+    """``PID:STARTTIME`` of the launcher process; leftovers of a dead owner are swept."""
 
     def __post_init__(self) -> None:
         pairs = tuple(sorted(dict(self.env).items()))
@@ -401,7 +432,7 @@ class JobContract:
                    max_restarts=spec.max_restarts, grace_period=float(spec.grace_period),
                    checkpoint_dir=checkpoint_dir or spec.checkpoint_uri, debug=debug,
                    idle=spec.idle if spec.idle.enabled else None,
-                   env=tuple(spec.env.items()))
+                   env=tuple(spec.env.items()), network=spec.network)
 
     def to_env(self) -> dict[str, str]:
         """The variables for every process of the job (the user's env included)."""
@@ -426,6 +457,14 @@ class JobContract:
             out.update(self.debug.to_env())
         if self.idle is not None:
             out.update(idle_to_env(self.idle))
+        if self.network != "loopback":
+            out[ev.FI_DIST_NETWORK] = self.network
+        if self.heartbeat:
+            out[ev.FI_DIST_HEARTBEAT] = self.heartbeat
+        if self.lifeline_fd is not None:
+            out[ev.FI_DIST_LIFELINE_FD] = str(self.lifeline_fd)
+        if self.owner:
+            out[ev.FI_DIST_OWNER] = self.owner
         return out
 
     def shown_env(self) -> dict[str, str]:
@@ -448,6 +487,10 @@ class JobContract:
         env = os.environ if env is None else env
         r = _Reader(env)
         names = [n for n in (r.raw(ev.FI_DIST_USER_ENV) or "").split(",") if n]
+        network = r.text(ev.FI_DIST_NETWORK, "loopback")
+        if network not in NETWORKS:
+            raise InconsistentEnvError(f"{ev.FI_DIST_NETWORK}={network!r} is not one of "
+                                       f"{', '.join(NETWORKS)}")
         return cls(
             launcher=detect_launcher(env),
             run_id=r.text(ev.FI_DIST_RUN_ID, ""),
@@ -459,6 +502,11 @@ class JobContract:
             debug=DebugSettings.from_env(env),
             idle=idle_from_env(env),
             env=tuple((n, env.get(n, "")) for n in names),
+            network=network,
+            heartbeat=r.raw(ev.FI_DIST_HEARTBEAT),
+            lifeline_fd=(None if r.raw(ev.FI_DIST_LIFELINE_FD) is None
+                         else r.integer(ev.FI_DIST_LIFELINE_FD, -1)),
+            owner=r.text(ev.FI_DIST_OWNER, ""),
         )
 
     def replace(self, **changes: Any) -> JobContract:

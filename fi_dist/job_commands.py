@@ -1,4 +1,4 @@
-"""``fi-dist status|logs|cancel|attach [JOB] [--launcher L]``: commands on one job.
+"""``fi-dist status|logs|cancel|attach|chaos [JOB] [--launcher L]``: commands on one job.
 
 The CLI parses; these functions find the job's launcher and call the
 :class:`~fi_dist.launcher.Launcher` interface, nothing launcher-specific. Without JOB
@@ -23,7 +23,7 @@ from typing import Any
 
 from fi_dist import rundir
 from fi_dist.errors import LauncherError
-from fi_dist.launcher import Attachment, JobStatus, Launcher
+from fi_dist.launcher import Attachment, Fault, JobStatus, Launcher
 
 DEFAULT_CLUSTER_LAUNCHER = "pytorchjob"
 
@@ -81,6 +81,8 @@ def format_status(st: JobStatus) -> str:
         for rank, row in sorted(st.ranks.items()):
             extra = (f"  [idle: {row['idle']}, {row['idle_for']:.0f}s]" if "idle" in row
                      else "")
+            if row.get("network"):  # fi-dist chaos faults on the rank's node
+                extra += f"  [network: {row['network']}]"
             if (c := row.get("checkpoint")) and isinstance(c, dict) and not c.get("done"):
                 extra += (f"  [checkpoint {c.get('op')} step {c.get('step')}: "
                           f"{c.get('bytes', 0) >> 20}/{c.get('total', 0) >> 20} MiB, "
@@ -117,6 +119,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     with api_errors():
         launcher.cancel(job)
     print(f"cancelled {job}")
+    return 0
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    """``fi-dist chaos --node K FAULT``: the job's launcher applies it and says what it did."""
+    fault = Fault(kind=args.fault, ms=getattr(args, "ms", 0.0),
+                  jitter_ms=getattr(args, "jitter", 0.0), pct=getattr(args, "pct", 0.0))
+    launcher, job = resolve(args)
+    print(f"fi-dist: {launcher.chaos(job, args.node, fault)}")
     return 0
 
 

@@ -11,6 +11,7 @@ the CLI only ever talks to this interface.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -63,6 +64,41 @@ class DryRun:
         return yaml.safe_dump_all(self.documents, sort_keys=False)
 
 
+FAULT_KINDS = ("partition", "heal", "delay", "loss")
+"""What ``fi-dist chaos`` can do to a node's network."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One network fault for ``fi-dist chaos --node K``; validated on creation."""
+
+    kind: str
+    """``partition`` (the node's link down), ``heal`` (every fault off), ``delay``, ``loss``."""
+    ms: float = 0.0
+    """``delay``: milliseconds added to every packet the node sends (0 removes the delay)."""
+    jitter_ms: float = 0.0
+    """``delay``: +- this many milliseconds, uniformly (packets keep their order)."""
+    pct: float = 0.0
+    """``loss``: percent of the node's outgoing packets dropped (0 removes the loss)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ConfigError(f"fault must be one of {', '.join(FAULT_KINDS)}, got {self.kind!r}")
+        if not 0 <= self.ms <= 60_000 or not 0 <= self.jitter_ms <= 60_000:
+            raise ConfigError(f"delay must be 0..60000 ms (jitter too), got {self.ms:g} "
+                              f"+- {self.jitter_ms:g}")
+        if not 0 <= self.pct <= 100:
+            raise ConfigError(f"loss must be a percent in 0..100, got {self.pct:g}")
+
+    def describe(self) -> str:
+        if self.kind == "delay":
+            return f"delay {self.ms:g} ms" + (f" +- {self.jitter_ms:g} ms" if self.jitter_ms
+                                              else "")
+        if self.kind == "loss":
+            return f"loss {self.pct:g}%"
+        return self.kind
+
+
 class Launcher(abc.ABC):
     """One backend: local process groups, PyTorchJob, Ray, ..."""
 
@@ -101,6 +137,18 @@ class Launcher(abc.ABC):
 
     def cancel(self, job_id: str) -> None:
         raise LauncherError(f"launcher {self.name!r} cannot cancel jobs")
+
+    def chaos(self, job_id: str, node: int, fault: Fault) -> str:
+        """Inject ``fault`` into node ``node``'s network of a running job.
+
+        Returns:
+            What was done, in words (the node's faults now, and the mechanism).
+
+        Raises:
+            LauncherError: this launcher (or this job's network mode) has no such faults.
+        """
+        raise LauncherError(f"launcher {self.name!r} cannot inject network faults "
+                            "(fi-dist run --network netns can)")
 
     def attach(self, job_id: str, local_port: int | None = None) -> Attachment:
         """The debug hub of a ``--debug`` job: its attach configuration, reachable here.
@@ -157,10 +205,18 @@ def run_status(path: Path) -> JobStatus:
     if state is JobState.RUNNING and not rundir.pid_alive(info.get("pid", -1)):
         state = JobState.UNKNOWN
     idle = run.node_idle()
+    net = run.network().get("nodes", {}) if state is JobState.RUNNING else {}
     ranks: dict[int, dict[str, Any]] = {}
     for r, d in sorted(run.ranks().items()):
         row = {"node": d.get("node"), "pid": d.get("pid"), "state": _rank_state(d),
                **{k: v for k, v in d.items() if k.startswith(("idle", "checkpoint"))}}
+        node_net = net.get(str(d.get("node")), {})
+        if node_net.get("state") in ("unreachable", "lost"):  # the launcher's heartbeats
+            silent = time.time() - float(node_net.get("silent_since") or time.time())
+            row["state"] = (f"unreachable (node {d.get('node')}: no heartbeat for "
+                            f"{silent:.0f}s; was {row['state']})")
+        if node_net.get("faults", "no faults") != "no faults":
+            row["network"] = node_net["faults"]
         if d.get("node") in idle:
             row.update(idle=idle[d["node"]]["phase"], idle_for=idle[d["node"]]["idle_for"])
         ranks[r] = row

@@ -53,6 +53,31 @@ def job_processes(run_id: str, node: int | None = None) -> list[int]:
     return pids
 
 
+def identity(pid: int) -> str:
+    """``PID:STARTTIME`` of a live process ('' when it is gone): unique despite pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return f"{pid}:{stat.rsplit(')', 1)[-1].split()[19]}"
+
+
+def orphans() -> list[int]:
+    """Live processes of local jobs whose launcher (``FI_DIST_OWNER``) is gone."""
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        owner = _environ(int(entry)).get(ev.FI_DIST_OWNER)
+        if not owner or _is_zombie(int(entry)):
+            continue
+        pid, _, _ = owner.partition(":")
+        if pid.isdigit() and identity(int(pid)) != owner:
+            out.append(int(entry))
+    return out
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

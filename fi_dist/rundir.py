@@ -7,6 +7,8 @@ Layout (``.fi-dist/`` under the working directory, like torchelastic's error fil
     .fi-dist/runs/<id>/ranks/<r>.json  each rank's pid, node, state, exit code
     .fi-dist/runs/<id>/nodes/<k>.json  each node agent's result (per-rank failures)
     .fi-dist/runs/<id>/logs/...        per-rank stdout/stderr (torchelastic log dir)
+    .fi-dist/runs/<id>/network.json    nodes' addresses, reachability, faults (local launcher)
+    .fi-dist/runs/<id>/chaos.jsonl     every ``fi-dist chaos`` fault, in order
 
 Pure file I/O shared by the in-job runtime (writes rank state) and the client side
 (reads it for ``fi-dist status`` / ``preempt``). Writes are atomic (tmp + rename) so a
@@ -218,6 +220,35 @@ class RunDir:
     def preemptions(self) -> list[dict[str, Any]]:
         found = (read_json(f) for f in sorted((self.path / "events").glob("preempt-*.json")))
         return [p for p in found if p is not None]
+
+    def record_node_lost(self, node: int, last_seen: float, silent_for: float) -> None:
+        """Note that ``node`` was lost: silent since ``last_seen`` (wall clock)."""
+        write_json(self.path / "events" / f"lost-{node}.json",
+                   {"node": node, "time": last_seen, "silent_for": silent_for})
+
+    def lost_nodes(self) -> list[dict[str, Any]]:
+        found = (read_json(f) for f in sorted((self.path / "events").glob("lost-*.json")))
+        return [p for p in found if p is not None]
+
+    @property
+    def network_file(self) -> Path:
+        """The launcher's view of the nodes' network (mode, addresses, reachability, faults)."""
+        return self.path / "network.json"
+
+    def network(self) -> dict[str, Any]:
+        return read_json(self.network_file) or {}
+
+    def record_fault(self, entry: dict[str, Any]) -> None:
+        """Append one ``fi-dist chaos`` fault to ``chaos.jsonl`` (kept across attempts)."""
+        with (self.path / "chaos.jsonl").open("a") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+    def faults(self) -> list[dict[str, Any]]:
+        try:
+            text = (self.path / "chaos.jsonl").read_text()
+        except OSError:
+            return []
+        return [json.loads(x) for x in text.splitlines() if x.strip()]
 
     def clear_attempt_state(self) -> None:
         """Forget rank and node results and events before a restart of the whole job."""

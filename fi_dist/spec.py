@@ -14,6 +14,10 @@ from fi_dist.errors import ConfigError
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+NETWORKS = ("loopback", "netns")
+"""How the local launcher networks its nodes (``JobSpec.network``)."""
+MIN_NODE_TIMEOUT = 2.0
+"""Shortest node timeout: a few missed heartbeats, not one late one."""
 
 
 def _check_port(name: str, value: int, allow_zero: bool = False) -> None:
@@ -196,6 +200,13 @@ class JobSpec:
     network_policy: bool = False
     """PyTorchJob: also create a NetworkPolicy letting only the job's own pods reach its
     pods (the rendezvous store and the hub's rank port among them; docs/debug.md)."""
+    network: str = "loopback"
+    """Local launcher: ``loopback`` (every node a set of 127.0.0.x addresses of one
+    loopback) or ``netns`` (every node in its own network namespace with its own eth0,
+    pod IP and DNS names; needs root; docs/launchers.md)."""
+    node_timeout: float = 60.0
+    """Local launcher: seconds a node's agent may stay unreachable before the node is
+    treated as lost (failed, retryable); 0 disables. Clusters have their own node lifecycle."""
 
     def __post_init__(self) -> None:
         if isinstance(self.resources, dict):
@@ -241,6 +252,16 @@ class JobSpec:
             raise ConfigError("pod_entrypoint: no node agent starts a debug hub when the pods "
                               "run the target themselves; use @interactive_pytorch in it "
                               "(docs/flyte.md) instead of --debug")
+        if self.network not in NETWORKS:
+            raise ConfigError(f"network must be one of {', '.join(NETWORKS)}, "
+                              f"got {self.network!r}")
+        if self.network != "loopback" and self.launcher != "local":
+            raise ConfigError(f"network: {self.network!r} is a mode of the local launcher, "
+                              f"not of {self.launcher!r}")
+        _check_non_negative("node_timeout", self.node_timeout)
+        if 0 < self.node_timeout < MIN_NODE_TIMEOUT:
+            raise ConfigError(f"node_timeout must be 0 (off) or >= {MIN_NODE_TIMEOUT:g} "
+                              f"seconds (nodes beat every 0.5 s), got {self.node_timeout!r}")
         if self.network_policy and self.launcher != "pytorchjob":
             raise ConfigError(f"network_policy: only the pytorchjob launcher creates a "
                               f"NetworkPolicy, not {self.launcher!r}")

@@ -7,9 +7,13 @@ failure (by timestamp) is reported as the root cause; the others are consequence
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from fi_dist.rundir import RunDir
+
+NODE_LOST_EXIT = 137
+"""Exit code of a node the launcher lost (like an evicted pod: retryable, >= 128)."""
 
 
 @dataclass
@@ -37,6 +41,8 @@ class Summary:
     exitcode: int
     checkpoint_step: int | None = None
     """The step every rank's Checkpointer committed before a preemption exit."""
+    faults: list[str] = field(default_factory=list)
+    """The network faults injected so far (``fi-dist chaos``), one line each."""
 
     @property
     def ok(self) -> bool:
@@ -78,6 +84,12 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
         failures.append(RootCause(f"node {p['node']}", 143,
                                   "preempted (SIGTERM to every process of the node)",
                                   None, float(p["time"])))
+    for lost in run.lost_nodes():
+        failures.append(RootCause(
+            f"node {lost['node']}", NODE_LOST_EXIT,
+            f"lost: its agent was unreachable for {float(lost['silent_for']):.0f}s (no "
+            "heartbeat: a network partition or a hung node), treated as failed", None,
+            float(lost["time"])))
     failed_codes = {int(c.label.split()[1]): c.exitcode for c in failures
                     if c.label.startswith("rank")}
     for rank in range(world_size):
@@ -105,7 +117,16 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
                 else f"node agent exited with {code}")
             failures.append(RootCause(f"node {node_rank}", code if code > 0 else 128 - code,
                                       msg, None, float(result.get("ended") or float("inf"))))
-    return _conclude(outcomes, failures, ranks, world_size)
+    summary = _conclude(outcomes, failures, ranks, world_size)
+    summary.faults = [fault_line(f) for f in run.faults()]
+    return summary
+
+
+def fault_line(entry: dict) -> str:
+    """One recorded ``fi-dist chaos`` fault for the summary."""
+    when = time.strftime("%H:%M:%S", time.localtime(float(entry.get("time", 0))))
+    return (f"{when} node {entry.get('node')}: {entry.get('fault')} -> {entry.get('now')} "
+            f"(attempt {entry.get('attempt')}, {entry.get('mechanism')})")
 
 
 def summarize_ranks(run: RunDir, nproc_per_node: int, rank_exits: dict[int, int | None],
@@ -183,6 +204,9 @@ def format_summary(summary: Summary) -> str:
                          f"{summary.checkpoint_step}; a restart resumes there")
         if rc.traceback:
             lines.append(_user_frames(rc.traceback))
+    if summary.faults:
+        lines.append("network faults injected (fi-dist chaos):")
+        lines += [f"  {f}" for f in summary.faults]
     return "\n".join(lines)
 
 

@@ -10,6 +10,9 @@ launcher (units are node agents) and the Ray launcher (units are rank actors); a
 * a failed attempt is retried up to ``max_restarts`` times when its exit code is
   retryable (>= 128: a signal, a preemption), like ``restartPolicy: ExitCode``; a bug
   (1-127) is final;
+* a unit the backend reports lost (:meth:`Backend.lost_units`: its node stopped answering)
+  fails at once with :data:`~fi_dist.summary.NODE_LOST_EXIT` and the attempt is stopped
+  without the peers' window (they hang in collectives with it);
 * SIGINT/SIGTERM to the supervisor stops every unit the same way;
 * the summary names the first failure as the root cause.
 """
@@ -28,7 +31,7 @@ from fi_dist.console import PlainView
 from fi_dist.launcher import JobState
 from fi_dist.rundir import RunDir
 from fi_dist.spec import JobSpec
-from fi_dist.summary import Summary, format_summary
+from fi_dist.summary import NODE_LOST_EXIT, Summary, format_summary
 
 PEER_EXIT_WINDOW = 3.0
 """Seconds a failed unit's peers get to fail on their own before they are stopped."""
@@ -62,6 +65,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def summarize(self, exits: dict[int, int | None]) -> Summary:
         """The attempt's outcome from the units' exit codes (None: never reported)."""
+
+    def lost_units(self) -> dict[int, str]:
+        """Units whose node stopped answering (liveness), each with why; default none.
+
+        Called once per poll. A lost unit counts as failed with :data:`NODE_LOST_EXIT`
+        (retryable, like an evicted pod) and the attempt is stopped at once: its peers
+        are stuck in collectives with it, so there is no point waiting for their exits.
+        """
+        return {}
 
     def node_of(self, unit: int) -> int:
         """The node a unit runs on (units are nodes unless a backend says otherwise)."""
@@ -173,10 +185,17 @@ class Supervisor:
                 self.view.node_state(self.backend.node_of(unit), f"exited {code}")
                 if code != 0 and first_failure is None:
                     first_failure = time.monotonic()
+            lost = {u: why for u, why in self.backend.lost_units().items()
+                    if exits.get(u) is None}
+            for unit, why in lost.items():
+                exits[unit] = NODE_LOST_EXIT
+                self.view.message(f"fi-dist: {why}")
+                self.view.node_state(self.backend.node_of(unit), "lost")
+                first_failure = first_failure or time.monotonic()
             # Peers of a failed unit usually fail on their own within a moment (closed
             # sockets); give them that so their exit codes are their own, then end them.
-            overdue = (first_failure is not None
-                       and time.monotonic() - first_failure > self.peer_window)
+            overdue = bool(lost) or (first_failure is not None
+                                     and time.monotonic() - first_failure > self.peer_window)
             if (overdue or self._stop_signal is not None) and stopped_at is None:
                 stopped_at = time.monotonic()
                 threading.Thread(target=self.backend.terminate, args=(self.spec.grace_period,),

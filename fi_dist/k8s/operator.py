@@ -40,6 +40,11 @@ class Pod:
     """The replica's pod template."""
 
 
+def pod_name(job: str, node_rank: int) -> str:
+    """The name (and hostname) of node ``node_rank``'s pod: ``<job>-master-0``, ``<job>-worker-K``."""
+    return f"{job}-master-0" if node_rank == 0 else f"{job}-worker-{node_rank - 1}"
+
+
 def pods(job: dict[str, Any]) -> list[Pod]:
     """The pods of ``job`` in node-rank order."""
     name = job["metadata"]["name"]

@@ -22,6 +22,7 @@ from typing import Any
 from fi_dist import contract
 from fi_dist import env_vars as ev
 from fi_dist.rundir import RunDir, write_json
+from fi_dist.runtime import node_link
 from fi_dist.runtime.environment import NodeEnvironment
 
 log = logging.getLogger("fi_dist.node_agent")
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     node = NodeEnvironment.from_env()
     job = contract.current()
+    node_link.start(job, node.node_rank)  # heartbeats; stop with the launcher (local runs)
     run_dir = RunDir(Path(job.run_dir)) if job.run_dir else None
     os.environ.setdefault(
         ev.TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE, f"[node{node.node_rank} rank${{rank}}] "

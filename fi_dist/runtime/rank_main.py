@@ -143,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     job = contract.current()
     if env.launcher is LauncherKind.LOCAL:
         _die_with_parent()
-        # Locally every "node" is on loopback; gloo must use lo, not the external NIC.
-        os.environ.setdefault(ev.GLOO_SOCKET_IFNAME, "lo")
+        if job.network == "loopback":
+            # Every "node" is on loopback: gloo must use lo, not the external NIC. (In
+            # netns mode each node has its own eth0 and gloo finds it as in a pod.)
+            os.environ.setdefault(ev.GLOO_SOCKET_IFNAME, "lo")
     state = RunDir(Path(job.run_dir)) if job.run_dir else None
     if state:
         state.write_rank(env.rank, node=env.node_rank, local_rank=env.local_rank,

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,12 +209,12 @@ while True:
 
 
 def light_rank_env(rank: int, world: int, per_node: int, rank_port: int,
-                   token: str) -> dict[str, str]:
+                   token: str, master_addr: str = "127.0.0.1") -> dict[str, str]:
     """The env torchrun would give rank ``rank``, plus the hub's address and token."""
     return {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world),
             "LOCAL_RANK": str(rank % per_node), "LOCAL_WORLD_SIZE": str(per_node),
             "GROUP_RANK": str(rank // per_node), "TORCHELASTIC_RUN_ID": "light",
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+            "MASTER_ADDR": master_addr, "MASTER_PORT": "29500",
             "FI_DIST_DEBUG": "1", "FI_DIST_DEBUG_RANK_PORT": str(rank_port),
             "FI_DIST_DEBUG_TOKEN": token, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
@@ -222,15 +223,17 @@ class StandaloneHub:
     """``python -m fi_dist.runtime.debug.hub`` on free loopback ports, plus light ranks."""
 
     def __init__(self, workdir: Path, token: str = "t" * 32,
-                 wrap: list[str] | None = None) -> None:
-        """``wrap``: a command the hub runs under (e.g. ``prlimit --nofile=1024:1024``)."""
+                 wrap: list[str] | None = None, rank_host: str = "127.0.0.1",
+                 ide_port: int = 0) -> None:
+        """``wrap``: a command the hub runs under (e.g. ``prlimit --nofile=1024:1024``, or
+        entering node 0's namespace); ``rank_host``: the address of its rank port."""
         self.workdir = workdir
         self.token = token
         from fi_dist.contract import DebugSettings, hub_command
 
-        settings = DebugSettings(token=token, ide_port=0, rank_port=0)
+        settings = DebugSettings(token=token, ide_port=ide_port, rank_port=0)
         env = {**os.environ, **settings.to_env(), "FI_DIST_RUN_DIR": str(workdir)}
-        self.proc = subprocess.Popen([*(wrap or []), *hub_command("127.0.0.1")], cwd=workdir,
+        self.proc = subprocess.Popen([*(wrap or []), *hub_command(rank_host)], cwd=workdir,
                                      env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
@@ -262,12 +265,20 @@ class StandaloneHub:
 
         return attach_config("127.0.0.1", self.ide_port, self.token)
 
-    def start_ranks(self, world: int, per_node: int = 4, rank_port: int | None = None) -> None:
-        """``world`` light ranks dialling the hub (or ``rank_port``, e.g. a fake hub's)."""
+    def start_ranks(self, world: int, per_node: int = 4, rank_port: int | None = None,
+                    master_addr: str = "127.0.0.1",
+                    wrap: Callable[[int], list[str]] | None = None) -> None:
+        """``world`` light ranks dialling the hub (or ``rank_port``, e.g. a fake hub's).
+
+        ``wrap(node)``: a command node ``node``'s ranks run under (its namespace).
+        """
         per_node = min(per_node, world)
         for r in range(world):
-            env = light_rank_env(r, world, per_node, rank_port or self.rank_port, self.token)
-            self.ranks.append(subprocess.Popen([sys.executable, str(self.script)], env=env,
+            env = light_rank_env(r, world, per_node, rank_port or self.rank_port, self.token,
+                                 master_addr)
+            prefix = wrap(r // per_node) if wrap is not None else []
+            self.ranks.append(subprocess.Popen([*prefix, sys.executable, str(self.script)],
+                                               env=env,
                                                cwd=self.workdir, stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL))
 

@@ -107,3 +107,41 @@ def test_sigterm_to_the_supervisor_stops_every_unit(tmp_path):
     assert len(backend.terminated) == 1 and exitcode == 143
     assert sup.run_dir.read_run()["job_state"] == "cancelled"
     assert signal.getsignal(signal.SIGTERM) is not sup._on_signal  # handler restored
+
+
+class Losing(Scripted):
+    """Node 1 hangs (never exits on its own) and its liveness says it is lost at ``at``."""
+
+    def __init__(self, attempts: list[list[tuple[float, int, int]]], at: float) -> None:
+        super().__init__(attempts)
+        self.at = at
+        self.reported = False
+
+    def start(self, attempt: int) -> list[int]:
+        self.reported = False
+        return super().start(attempt)
+
+    def lost_units(self) -> dict[int, str]:
+        if not self.reported and time.monotonic() - self._t0 >= self.at:
+            self.reported = True
+            return {1: "node 1 lost: no heartbeat"}
+        return {}
+
+    def summarize(self, exits: dict[int, int | None]) -> Summary:
+        self.exits = dict(exits)
+        return super().summarize(exits)
+
+
+def test_a_lost_node_fails_with_137_at_once_and_the_job_restarts(tmp_path):
+    # No peers' window for a lost node: its peers hang in collectives with it.
+    backend = Losing([[(60.0, 0, 0), (60.0, 1, 0)], [(0.0, 0, 0), (0.0, 1, 0)]], at=0.2)
+    _, exitcode = supervise(tmp_path, backend, max_restarts=1, peer_window=5.0)
+    assert backend.started == [0, 1] and exitcode == 0
+    assert len(backend.terminated) == 1 and backend.terminated[0] < 2.0
+
+
+def test_a_lost_node_without_restarts_ends_the_job_with_137(tmp_path):
+    backend = Losing([[(60.0, 0, 0), (60.0, 1, 0)]], at=0.2)
+    _, exitcode = supervise(tmp_path, backend, peer_window=5.0)
+    # The lost unit's code is 137 whatever its process does later (the others: SIGTERM).
+    assert backend.exits == {0: 143, 1: 137} and exitcode != 0 and backend.started == [0]

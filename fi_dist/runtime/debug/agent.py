@@ -168,6 +168,8 @@ class RankAgent:
         elif name == "state":
             extra = {k: v for k, v in cmd.items() if k not in ("cmd", "state")}
             heartbeat.current().state(str(cmd.get("state")), **extra)
+        elif name == "ping":  # the hub checks that this rank is still reachable
+            self.send({"event": "pong"})
         elif name == "activity":
             heartbeat.current().debug_activity()
         elif name == "pause":

@@ -73,6 +73,10 @@ ACTIVITY_EVERY = 1.0
 """Least seconds between two debugger-activity notes to a rank (each writes a file)."""
 ATTACH_TRIES = 5
 """Attach attempts per rank (an adapter still detaching a previous client refuses)."""
+PING_EVERY = 1.0
+"""Seconds between two pings to every rank's agent (any answer proves it reachable)."""
+UNREACHABLE_AFTER = 5.0
+"""Seconds of silence after which a rank is reported unreachable to the IDE."""
 
 
 class Hub:
@@ -104,6 +108,7 @@ class Hub:
         ranks = await asyncio.start_server(self._on_rank, self.rank_host, self.rank_port,
                                            limit=MAX_LINE)
         self._servers = [ide, ranks]
+        self._watch = asyncio.get_running_loop().create_task(self._watch_ranks())
         self.ide_port = ide.sockets[0].getsockname()[1]
         self.rank_port = ranks.sockets[0].getsockname()[1]
         log.warning("fi-dist debug hub: IDE port %s:%s, rank port %s:%s", self.ide_host,
@@ -205,6 +210,10 @@ class Hub:
             asyncio.create_task(self._open_for_root(link))
         try:
             while (msg := await read_line(reader)) is not None:
+                link.heard = time.monotonic()
+                if link.unreachable:
+                    link.unreachable = False
+                    self._note(link, f"fi-dist: {link.label} is reachable again")
                 self._rank_message(link, msg)
         except (ProtocolError, ConnectionError) as exc:
             log.warning("%s: control stream broken: %s", link.label, exc)
@@ -229,6 +238,35 @@ class Hub:
 
     def _rank_gone(self, link: RankLink) -> None:
         self._feed(link, RankGone())
+
+    async def _watch_ranks(self) -> None:
+        """Ping every rank; one silent for UNREACHABLE_AFTER (a partitioned node) is reported.
+
+        Its connection is kept (TCP delivers what waits once the network heals); the IDE
+        is told, and the other ranks stay inspectable meanwhile.
+        """
+        while True:
+            await asyncio.sleep(PING_EVERY)
+            now = time.monotonic()
+            for link in list(self.ranks.values()):
+                if link.state is RankState.EXITED:
+                    continue
+                try:
+                    link.command(cmd="ping")
+                    if not link.unreachable and now - link.heard > UNREACHABLE_AFTER:
+                        link.unreachable = True
+                        self._note(link, f"fi-dist: {link.label} is unreachable: no answer "
+                                         f"for {now - link.heard:.0f}s (a network partition "
+                                         "or a hung node); the other ranks stay inspectable")
+                except Exception as exc:  # one broken link must not stop the watch
+                    log.info("%s: ping failed: %s", link.label, exc)
+
+    def _note(self, link: RankLink, text: str) -> None:
+        """A line for the log and the IDE (the root session and the rank's own view)."""
+        log.warning("%s", text)
+        for session in (link.child, self.root):
+            if session is not None:
+                session.event("output", {"category": "important", "output": text + "\n"})
 
     # --- rank debug sessions -------------------------------------------------------------
     def _attach_args(self, args: dict[str, Any] | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,6 +207,10 @@ class RankLink:
     activity_sent: float = float("-inf")
     """When the hub last told the rank of debugger activity (monotonic)."""
     stack_waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
+    heard: float = field(default_factory=time.monotonic)
+    """When the rank's agent last said anything on its control link (monotonic)."""
+    unreachable: bool = False
+    """Silent for the hub's UNREACHABLE_AFTER: its node may be partitioned or hung."""
 
     @property
     def state(self) -> RankState:
