@@ -329,6 +329,8 @@ class JobContract:
     """Idle culler settings; None when culling is off."""
     env: tuple[tuple[str, str], ...] = ()
     """The user's extra environment for every rank, as sorted (name, value) pairs."""
+    hang_doctor: bool = True
+    """Collective ledger and stack dumper in every rank (fi_dist.runtime.hang)."""
 
     def __post_init__(self) -> None:
         pairs = tuple(sorted(dict(self.env).items()))
@@ -359,7 +361,7 @@ class JobContract:
                    grace_period=float(spec.grace_period),
                    checkpoint_dir=checkpoint_dir or spec.checkpoint_uri, debug=debug,
                    idle=spec.idle if spec.idle.enabled else None,
-                   env=tuple(spec.env.items()))
+                   env=tuple(spec.env.items()), hang_doctor=spec.hang_doctor)
 
     def to_env(self) -> dict[str, str]:
         """The variables for every process of the job (the user's env included)."""
@@ -382,6 +384,8 @@ class JobContract:
             out.update(self.debug.to_env())
         if self.idle is not None:
             out.update(idle_to_env(self.idle))
+        if not self.hang_doctor:  # on unless said (pod env and snapshots stay as they were)
+            out[ev.FI_DIST_HANG_DOCTOR] = flag(False)
         return out
 
     def shown_env(self) -> dict[str, str]:
@@ -414,6 +418,7 @@ class JobContract:
             debug=DebugSettings.from_env(env),
             idle=idle_from_env(env),
             env=tuple((n, env.get(n, "")) for n in names),
+            hang_doctor=r.boolean(ev.FI_DIST_HANG_DOCTOR, True),
         )
 
     def replace(self, **changes: Any) -> JobContract:
