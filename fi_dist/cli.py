@@ -1,7 +1,7 @@
 """``fi-dist``: run, preempt and inspect distributed training jobs.
 
-Subcommands: run, preempt, status, attach, logs, cancel, resume. Flag names follow
-torchrun's.
+Subcommands: run, preempt, status, stacks, attach, logs, cancel, resume. Flag names
+follow torchrun's.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fi_dist.job_commands import (
     cmd_attach,
     cmd_cancel,
     cmd_logs,
+    cmd_stacks,
     cmd_status,
 )
 from fi_dist.spec import JobSpec
@@ -25,7 +26,7 @@ from fi_dist.spec import JobSpec
 # Flags of `run` that map onto JobSpec fields; None means "not given on the command line".
 _RUN_FIELDS = ("nnodes", "nproc_per_node", "master_port", "launcher", "name",
                "max_restarts", "grace_period", "image", "namespace", "checkpoint_uri",
-               "network_policy")
+               "network_policy", "hang_timeout", "hang_doctor")
 # `--idle-X` flags map onto IdleSpec field X (docs/idle.md); any of them turns culling on.
 _IDLE_FIELDS = ("timeout", "threshold", "interval", "warn_lead", "dry_run", "sampler",
                 "hang_factor", "webhook", "email", "smtp", "email_from")
@@ -122,6 +123,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--network-policy", dest="network_policy", action="store_true",
                    default=None, help="pytorchjob: also create a NetworkPolicy that lets only "
                    "the job's own pods reach its pods (rendezvous and hub rank ports)")
+    p.add_argument("--hang-timeout", dest="hang_timeout", type=float, default=None,
+                   metavar="SECONDS", help="no collective completed and no step on any rank "
+                   "for this long: capture every rank's stack, end the job, name the rank "
+                   "that is behind as root cause (docs/hangs.md)")
+    p.add_argument("--no-hang-doctor", dest="hang_doctor", action="store_false", default=None,
+                   help="no collective ledger and stack dumper in the ranks (fi-dist stacks "
+                   "then has nothing to read)")
     p.add_argument("--config", default=None, help="job spec file (.toml/.yaml) from configs/")
     _add_idle_flags(p)
     _add_debug_flags(p)
@@ -147,12 +155,24 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_status)
 
 
+def _add_stacks(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stacks", help="every rank's Python stack, merged (ranks grouped by "
+                       "identical stack), and which rank is behind; nothing is paused, no "
+                       "--debug needed")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all-threads", action="store_true",
+                   help="every thread of every rank, not only the main threads")
+    add_job_arguments(p, required=False)
+    p.set_defaults(func=cmd_stacks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fi-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_preempt(sub)
     _add_status(sub)
+    _add_stacks(sub)
     _add_attach(sub)
     _add_resume(sub)
     _add_job_commands(sub)

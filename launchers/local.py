@@ -27,8 +27,17 @@ from fi_dist import procs, rundir
 from fi_dist.console import PlainView
 from fi_dist.contract import JobContract, LauncherKind, node_agent_command
 from fi_dist.errors import ConfigError
+from fi_dist.hang.report import Report
 from fi_dist.k8s.operator import pod_env
-from fi_dist.launcher import Attachment, DryRun, JobStatus, Launcher, run_attachment, run_status
+from fi_dist.launcher import (
+    Attachment,
+    DryRun,
+    JobStatus,
+    Launcher,
+    run_attachment,
+    run_stacks,
+    run_status,
+)
 from fi_dist.spec import JobSpec
 from fi_dist.summary import Summary, summarize
 from fi_dist.supervisor import Backend, Supervisor
@@ -135,6 +144,9 @@ class LocalLauncher(Launcher):
 
     def cancel(self, job_id: str) -> None:
         procs.terminate(job_id, grace=5.0)
+
+    def stacks(self, job_id: str, all_threads: bool = False) -> Report:
+        return run_stacks(rundir.root(self.cwd) / "runs" / job_id, all_threads)
 
 
 class LocalBackend(Backend):
