@@ -219,6 +219,13 @@ class RunDir:
         found = (read_json(f) for f in sorted((self.path / "events").glob("preempt-*.json")))
         return [p for p in found if p is not None]
 
+    def record_hang(self, data: dict[str, Any]) -> None:
+        """The hang watch's capture of this attempt (the summary's root cause candidate)."""
+        write_json(self.path / "events" / "hang.json", data)
+
+    def hang_report(self) -> dict[str, Any] | None:
+        return read_json(self.path / "events" / "hang.json")
+
     def clear_attempt_state(self) -> None:
         """Forget rank and node results and events before a restart of the whole job."""
         for sub in ("ranks", "nodes", "events"):
