@@ -179,10 +179,9 @@ def run_status(path: Path) -> JobStatus:
         ranks[r] = row
     diagnosis = ""
     if state is JobState.RUNNING:  # stacks only once a rank waited in a collective
-        from fi_dist.hang.collect import status_report
+        from fi_dist.hang.collect import status_diagnosis
 
-        report = status_report(path / "hang", run.run_id)
-        diagnosis = report.diagnosis.text if report is not None else ""
+        diagnosis = status_diagnosis(path / "hang", run.run_id)
     return JobStatus(run.run_id, state, exitcode=info.get("exitcode"), ranks=ranks,
                      idle={n: v for n, v in idle.items()}, diagnosis=diagnosis)
 

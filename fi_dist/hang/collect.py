@@ -207,25 +207,27 @@ def collect(directory: Path, run_id: str = "", all_threads: bool = False,
 def ledger_report(directory: Path, run_id: str = "") -> Report:
     """A report from the ledgers alone (no signal to any rank, no stacks)."""
     dumps = [RankDump(r, v.node, v.pid, v.state_text if v.state else
-                      ("running" if v.alive else "gone"), slots=list(v.slots))
+                      ("running" if v.alive else "gone"), slots=list(v.slots),
+                      note="stack not collected")
              for r, v in sorted(read_ledgers(directory).items())]
     return Report(run_id, dumps)
 
 
-def status_report(directory: Path, run_id: str = "", waited: float = WAITING_AFTER
-                  ) -> Report | None:
-    """For ``fi-dist status``: stacks only when a rank waited ``waited`` s in a collective.
+def status_diagnosis(directory: Path, run_id: str = "", waited: float = WAITING_AFTER) -> str:
+    """For ``fi-dist status``: the diagnosis once a rank waited ``waited`` s in a collective.
 
-    None when the directory has no ledger (hang doctor off, or nothing started).
+    Collectives in flight for a moment are what training does; only then are the ranks
+    asked for their stacks. Empty when the directory has no ledger (hang doctor off).
     """
     quick = ledger_report(directory, run_id)
     if not quick.dumps:
-        return None
+        return ""
     now = time.time()
     stuck = any(s.in_flight and (s.failed or now - s.issued_at >= waited)
                 for d in quick.dumps for s in d.slots)
-    running = any(d.state == "running" for d in quick.dumps)
-    return collect(directory, run_id) if stuck and running else quick
+    if stuck and any(d.state == "running" for d in quick.dumps):
+        return collect(directory, run_id).diagnosis.text
+    return f"no rank has waited {waited:g}s in a collective"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,7 +126,7 @@ def _behind(group: str, slots: dict[int, SlotSnapshot], members: list[int],
     first = slots[waiting[0]]
     op = _op(first, source)
     failed = all(slots[r].failed for r in waiting)
-    verb = "failed in" if failed else "wait in"
+    verb = "failed in" if failed else ("waits in" if len(waiting) == 1 else "wait in")
     head = (f"{ranks_word(behind)} {'is' if len(behind) == 1 else 'are'} behind{_on(group)}: "
             f"{ranks_word(waiting)} {verb} {op} #{top} ({_site(first, source)})")
     details: dict[str, list[int]] = defaultdict(list)

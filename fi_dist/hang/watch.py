@@ -96,8 +96,9 @@ class HangWatch:
         report = self.capture(f"no progress for {stalled:.0f}s (no collective completed and "
                               "no step on any rank)", time.time(), end=True)
         return (f"fi-dist: the job made no progress for {stalled:.0f}s (--hang-timeout "
-                f"{self.timeout:g}): every rank's stack, then the job is ended\n"
-                f"{report.text()}")
+                f"{self.timeout:g}); every rank's stack is in "
+                f"{self.run_dir.path / f'hang-{self.attempt}.txt'}; ending the job\n"
+                f"fi-dist: diagnosis: {report.diagnosis.text}")
 
     def _failed_collective(self) -> tuple[int, str, float] | None:
         first: tuple[int, str, float] | None = None

@@ -152,6 +152,13 @@ class CollectiveLedger:
 
 
 _installed: CollectiveLedger | None = None
+_originals: list[tuple[Any, str, Any]] = []
+"""(object, attribute, original) for :func:`uninstall`."""
+
+
+def _replace(obj: Any, name: str, value: Any) -> None:
+    _originals.append((obj, name, getattr(obj, name)))
+    setattr(obj, name, value)
 
 
 def install(ledger: Ledger) -> CollectiveLedger | None:
@@ -175,9 +182,9 @@ def install(ledger: Ledger) -> CollectiveLedger | None:
             continue
         wrapped = book.wrap(name, fn)
         # Both names: scripts call dist.X, torch's own code (and nested calls) c10d.X.
-        setattr(c10d, name, wrapped)
+        _replace(c10d, name, wrapped)
         if getattr(dist, name, None) is fn:
-            setattr(dist, name, wrapped)
+            _replace(dist, name, wrapped)
     _wrap_init(dist, c10d, ledger)
     _wrap_wait(book)
     _installed = book
@@ -194,9 +201,9 @@ def _wrap_init(dist: Any, c10d: Any, ledger: Ledger) -> None:
 
     init_process_group.__wrapped__ = init  # type: ignore[attr-defined]
     init_process_group.__doc__ = init.__doc__
-    c10d.init_process_group = init_process_group
+    _replace(c10d, "init_process_group", init_process_group)
     if getattr(dist, "init_process_group", None) is init:
-        dist.init_process_group = init_process_group
+        _replace(dist, "init_process_group", init_process_group)
 
 
 def _wrap_wait(book: CollectiveLedger) -> None:
@@ -216,7 +223,16 @@ def _wrap_wait(book: CollectiveLedger) -> None:
         return result
 
     try:
-        Work.wait = tracked_wait  # type: ignore[method-assign]
+        _replace(Work, "wait", tracked_wait)
     except (TypeError, AttributeError):  # a torch whose Work refuses it: async counts at issue
         return
     book.track_async = True
+
+
+def uninstall() -> None:
+    """Put torch.distributed back as it was (tests; a rank never needs it)."""
+    global _installed
+    while _originals:
+        obj, name, value = _originals.pop()
+        setattr(obj, name, value)
+    _installed = None
