@@ -1,7 +1,7 @@
 """``fi-dist``: run, preempt and inspect distributed training jobs.
 
-Subcommands: run, preempt, status, stacks, attach, logs, cancel, resume. Flag names
-follow torchrun's.
+Subcommands: run, preempt, status, stacks, eval, attach, logs, cancel, resume. Flag
+names follow torchrun's.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fi_dist.job_commands import (
     api_errors,
     cmd_attach,
     cmd_cancel,
+    cmd_eval,
     cmd_logs,
     cmd_stacks,
     cmd_status,
@@ -166,6 +167,21 @@ def _add_stacks(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_stacks)
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate EXPR in every stopped rank of a --debug job and "
+                       "group the ranks by value (tensors: shape, dtype, checksum, max "
+                       "difference to rank 0)")
+    p.add_argument("expression", help="a Python expression, evaluated in each rank's frame")
+    p.add_argument("--frame", default=None, metavar="FUNCTION",
+                   help="the innermost frame of this function (default: the top frame of "
+                   "the user's code)")
+    p.add_argument("--rank", type=int, action="append", default=None,
+                   help="only this rank (repeatable; default: every rank)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_job_arguments(p, required=False)
+    p.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fi-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preempt(sub)
     _add_status(sub)
     _add_stacks(sub)
+    _add_eval(sub)
     _add_attach(sub)
     _add_resume(sub)
     _add_job_commands(sub)

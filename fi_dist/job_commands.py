@@ -1,4 +1,4 @@
-"""``fi-dist status|logs|cancel|attach|stacks [JOB] [--launcher L]``: commands on one job.
+"""``fi-dist status|logs|cancel|attach|stacks|eval [JOB] [--launcher L]``: commands on one job.
 
 The CLI parses; these functions find the job's launcher and call the
 :class:`~fi_dist.launcher.Launcher` interface, nothing launcher-specific. Without JOB
@@ -124,6 +124,25 @@ def cmd_stacks(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2))
     else:
         print(report.text())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """EXPR in every stopped rank of a --debug job, through its hub; ranks grouped by value."""
+    from fi_dist.dap_client import DapError
+    from fi_dist.rank_eval import evaluate_all
+
+    launcher, job = resolve(args)
+    with api_errors():
+        attachment = launcher.attach(job)
+    try:
+        result = evaluate_all(attachment.config, args.expression, frame=args.frame,
+                              ranks=args.rank)
+    except (DapError, OSError) as exc:
+        raise LauncherError(f"cannot evaluate through the hub of {job}: {exc}") from None
+    finally:
+        attachment.close()
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.text())
     return 0
 
 

@@ -20,6 +20,7 @@ SHARED_CORE = {"fi_dist.spec", "fi_dist.config", "fi_dist.errors", "fi_dist.env_
                "fi_dist.hang.diagnose", "fi_dist.hang.report", "fi_dist.hang.collect",
                "fi_dist.hang.watch"}
 CLIENT = ("fi_dist.cli", "fi_dist.job_commands", "fi_dist.launcher", "fi_dist.registry",
+          "fi_dist.dap_client", "fi_dist.rank_eval",
           "fi_dist.console", "fi_dist.summary", "fi_dist.supervisor", "fi_dist.launchers",
           "fi_dist.k8s")
 
