@@ -237,3 +237,50 @@ def test_settings_reach_the_contract_and_the_cli() -> None:
         JobSpec(script="t", hang_timeout=10, launcher="pytorchjob")
     with pytest.raises(ConfigError, match="hang_timeout needs the hang doctor"):
         JobSpec(script="t", hang_timeout=10, hang_doctor=False)
+
+
+class Busy:
+    """A sampler that always sees a busy device (NCCL spinning in a collective)."""
+
+    kind, available = "fake", True
+
+    def sample(self, pids: dict[int, int]) -> list:
+        from fi_dist.runtime.idle.sampler import DeviceSample
+
+        return [DeviceSample("gpu0", 100.0)]
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_idle_cullers_hung_notification_carries_the_stacks(tmp_path: Path) -> None:
+    from fi_dist.runtime.idle.watcher import IdleWatcher
+    from fi_dist.spec import IdleSpec
+
+    run = RunDir(tmp_path / "run-3")
+    led = new_ledger(run.path / "hang", 0, world=1)
+    off = led.slot("default")
+    led.issue(off, 4, 3, b"all_reduce", b"/job/t.py", 40, b"step")
+    sent: list = []
+
+    class Collect:
+        name = "test"
+
+        def send(self, event: object) -> None:
+            sent.append(event)
+
+    clock = Clock()
+    watcher = IdleWatcher(IdleSpec(enabled=True, timeout=1000, interval=1, hang_factor=2),
+                          run, 0, Busy(), [Collect()], clock=clock)
+    for t, step in ((0.0, 1), (1.0, 2), (20.0, 2)):  # two steps 1 s apart, then none
+        clock.now = t
+        run.write_rank(0, node=0, pid=os.getpid(), state="running", step=step,
+                       step_time=min(t, 1.0))
+        watcher.tick()
+    hung = [e for e in sent if e.kind == "hung"]
+    assert len(hung) == 1 and hung[0].hung == (0,)
+    assert hung[0].diagnosis.startswith("every rank waits in all_reduce #4 (t.py:40 in step)")
+    assert hung[0].message.endswith(hung[0].diagnosis)
+    assert hung[0].stacks.splitlines()[-1] == f"diagnosis: {hung[0].diagnosis}"
+    assert json.loads(json.dumps(hung[0].to_dict()))["stacks"] == hung[0].stacks  # the webhook
+    assert (run.path / "hang-idle-node0.txt").read_text().startswith("fi-dist stacks: run run-3")
