@@ -51,6 +51,8 @@ _HEADER_SIZE = 256
 _GEN = struct.Struct("<Q")
 # kind, failed, line, issued, t_issue, completed, t_done, t_fail, op, file, func
 _BODY = struct.Struct("<BBxxIQdQdd32s160s64s")
+_NUMS = struct.Struct("<BBxxIQdQdd")  # the numbers of _BODY: rewritten on every call
+_STRS = struct.Struct("<32s160s64s")  # its strings: rewritten only when they change
 _DONE = struct.Struct("<Qd")
 _DONE_OFFSET = 8 + 1 + 1 + 2 + 4 + 8 + 8  # gen + kind..t_issue
 _NAME = struct.Struct("<48s")
@@ -130,6 +132,9 @@ class Ledger:
         self.path = path
         self._slots: dict[str, int] = {}
         self._alloc = threading.Lock()  # the dump thread adds Flight Recorder slots
+        self._gens: dict[int, int] = {}
+        """Each slot's sequence counter (even: consistent), as last written here."""
+        self._strings: dict[int, tuple[bytes, bytes, bytes]] = {}
         self._who = (os.getpid(), rank, node, local_rank, world,
                      process_start_ticks(os.getpid()), main_ident)
         self._gen = 0
@@ -193,34 +198,51 @@ class Ledger:
 
     def _body(self, off: int, *values: object) -> None:
         mm = self.mm
-        gen = _GEN.unpack_from(mm, off)[0]
-        _GEN.pack_into(mm, off, gen | 1)
+        gen = self._gens.get(off, 0) | 1
+        _GEN.pack_into(mm, off, gen)
         _BODY.pack_into(mm, off + 8, *values)
-        _GEN.pack_into(mm, off, (gen | 1) + 1)
+        self._strings.pop(off, None)
+        self._gens[off] = gen + 1
+        _GEN.pack_into(mm, off, gen + 1)
 
     def issue(self, off: int, seq: int, completed: int, op: bytes, file: bytes, line: int,
               func: bytes) -> None:
-        """Collective ``seq`` of the slot's group started (``completed`` before it)."""
-        self._body(off, KIND_PYTHON, 0, line, seq, time.time(), completed, 0.0, 0.0, op, file,
-                   func)
+        """Collective ``seq`` of the slot's group started (``completed`` before it).
+
+        The training path: one or two stores into the mapping, no read back (the slot's
+        sequence counter and strings are remembered here).
+        """
+        mm = self.mm
+        gen = self._gens.get(off, 0) | 1
+        _GEN.pack_into(mm, off, gen)
+        strings = (op, file, func)
+        if self._strings.get(off) != strings:
+            _STRS.pack_into(mm, off + 8 + _NUMS.size, op, file, func)
+            self._strings[off] = strings
+        _NUMS.pack_into(mm, off + 8, KIND_PYTHON, 0, line, seq, time.time(), completed, 0.0, 0.0)
+        self._gens[off] = gen + 1
+        _GEN.pack_into(mm, off, gen + 1)
 
     def complete(self, off: int, seq: int) -> None:
         mm = self.mm
-        gen = _GEN.unpack_from(mm, off)[0]
-        _GEN.pack_into(mm, off, gen | 1)
+        gen = self._gens.get(off, 0) | 1
+        _GEN.pack_into(mm, off, gen)
         _DONE.pack_into(mm, off + _DONE_OFFSET, seq, time.time())
-        _GEN.pack_into(mm, off, (gen | 1) + 1)
+        self._gens[off] = gen + 1
+        _GEN.pack_into(mm, off, gen + 1)
 
     def fail(self, off: int, error: str) -> None:
         """The slot's last collective raised (a timeout, a peer gone): kept for the watch."""
         mm = self.mm
-        gen = _GEN.unpack_from(mm, off)[0]
-        _GEN.pack_into(mm, off, gen | 1)
+        gen = self._gens.get(off, 0) | 1
+        _GEN.pack_into(mm, off, gen)
         body = list(_BODY.unpack_from(mm, off + 8))
         body[1], body[7] = 1, time.time()
         _BODY.pack_into(mm, off + 8, *body)
+        self._strings.pop(off, None)
         _ERROR.pack_into(mm, off + _ERROR_OFFSET, _fit(error, 96))
-        _GEN.pack_into(mm, off, (gen | 1) + 1)
+        self._gens[off] = gen + 1
+        _GEN.pack_into(mm, off, gen + 1)
 
     def flight(self, group: str, enqueued: int, completed: int, op: str) -> None:
         """The Flight Recorder's view of one process group (C++-side sequence numbers)."""

@@ -77,7 +77,8 @@ class Report:
                 span = ""
                 if times:
                     lo, hi = min(times), max(times)
-                    span = f" for {hi:.1f}s" if hi - lo < 0.05 else f" for {lo:.1f}-{hi:.1f}s"
+                    span = (f" for {hi:.1f}s" if f"{lo:.1f}" == f"{hi:.1f}"
+                            else f" for {lo:.1f}-{hi:.1f}s")
                 parts.append(f"{ranks_word(ranks)} {text}{span}")
             src = " [Flight Recorder]" if fr else ""
             out.append(f"  {group}{src}: " + "; ".join(parts))

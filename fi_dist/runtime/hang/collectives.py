@@ -100,13 +100,15 @@ class CollectiveLedger:
         local = self._local
         ledger = self.ledger
 
+        site = self._site
+        group_of = self._group
+
         def collective(*args: Any, **kwargs: Any) -> Any:
             if getattr(local, "depth", 0):  # inside another collective: counted as that one
                 return fn(*args, **kwargs)
-            group = kwargs.get("group") if gi < 0 or len(args) <= gi else args[gi]
-            g = self._group(group)
+            g = group_of(kwargs.get("group") if gi < 0 or len(args) <= gi else args[gi])
             seq = g.issued = g.issued + 1
-            file, line, func = self._site()
+            file, line, func = site()
             ledger.issue(g.off, seq, g.completed, op, file, line, func)
             local.depth = 1
             try:
@@ -116,14 +118,12 @@ class CollectiveLedger:
                 raise
             finally:
                 local.depth = 0
-            is_async = kwargs.get("async_op") if ai < 0 or len(args) <= ai else args[ai]
-            if is_async and result is not None and self.track_async:
-                with self._lock:  # completed when its Work.wait() returns
-                    if len(self._pending) > 4096:  # never waited for: forget the oldest
-                        self._pending.pop(next(iter(self._pending)))
-                    self._pending[id(result)] = (g, seq)
-            else:
-                self._done(g, seq)
+            if result is not None and (kwargs.get("async_op") if ai < 0 or len(args) <= ai
+                                       else args[ai]):
+                self._track(result, g, seq)
+            elif seq > g.completed:
+                g.completed = seq
+                ledger.complete(g.off, seq)
             return result
 
         collective.__name__ = getattr(fn, "__name__", name)
@@ -132,6 +132,16 @@ class CollectiveLedger:
         collective.__wrapped__ = fn  # type: ignore[attr-defined]
         return collective
 
+    def _track(self, work: Any, g: _Group, seq: int) -> None:
+        """An async collective: it completes when its ``Work.wait()`` returns."""
+        if not self.track_async and not _wrap_wait(self):  # patched on first use only
+            self._done(g, seq)  # a torch whose Work refuses it: complete at issue
+            return
+        with self._lock:
+            if len(self._pending) > 4096:  # never waited for: forget the oldest
+                self._pending.pop(next(iter(self._pending)))
+            self._pending[id(work)] = (g, seq)
+
     def _done(self, g: _Group, seq: int) -> None:
         if seq > g.completed:
             g.completed = seq
@@ -139,6 +149,8 @@ class CollectiveLedger:
 
     def waited(self, work: Any) -> None:
         """An async collective's ``Work.wait()`` returned."""
+        if not self._pending:  # a synchronous collective's own wait()
+            return
         with self._lock:
             entry = self._pending.pop(id(work), None)
         if entry is not None:
@@ -186,7 +198,6 @@ def install(ledger: Ledger) -> CollectiveLedger | None:
         if getattr(dist, name, None) is fn:
             _replace(dist, name, wrapped)
     _wrap_init(dist, c10d, ledger)
-    _wrap_wait(book)
     _installed = book
     return book
 
@@ -206,11 +217,16 @@ def _wrap_init(dist: Any, c10d: Any, ledger: Ledger) -> None:
         _replace(dist, "init_process_group", init_process_group)
 
 
-def _wrap_wait(book: CollectiveLedger) -> None:
+def _wrap_wait(book: CollectiveLedger) -> bool:
+    """Route ``Work.wait()`` through the ledger (async collectives complete there).
+
+    Done at the first async collective only: a job that issues none keeps torch's own
+    ``wait`` (synchronous collectives call it too). False when torch refuses the patch.
+    """
     try:
         from torch._C._distributed_c10d import Work
     except ImportError:
-        return
+        return False
     wait = Work.wait
 
     def tracked_wait(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -224,9 +240,10 @@ def _wrap_wait(book: CollectiveLedger) -> None:
 
     try:
         _replace(Work, "wait", tracked_wait)
-    except (TypeError, AttributeError):  # a torch whose Work refuses it: async counts at issue
-        return
+    except (TypeError, AttributeError):
+        return False
     book.track_async = True
+    return True
 
 
 def uninstall() -> None:
