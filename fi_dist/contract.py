@@ -95,6 +95,12 @@ def hub_command(rank_host: str, python: str = sys.executable) -> list[str]:
     return [python, "-m", "fi_dist.runtime.debug.hub", "--rank-host", rank_host]
 
 
+def stacks_command(python: str = sys.executable, all_threads: bool = False) -> list[str]:
+    """A node's ranks' stacks and ledgers as JSON (run in a pod: ``kubectl exec``)."""
+    return [python, "-m", "fi_dist.hang.collect", "--json",
+            *(["--all-threads"] if all_threads else [])]
+
+
 # --- how values are written and read -------------------------------------------------
 def seconds(value: float) -> str:
     """A number of seconds as env text: ``30``, ``0.5`` (exact: read back equal)."""
