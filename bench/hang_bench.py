@@ -168,9 +168,12 @@ def ddp_overhead(reps: int, steps: int) -> None:
     shutil.rmtree(hang_dir, ignore_errors=True)
     print(report(res, "torchrun", "fi-dist rank", {"step time (ms)": "<= 1.01"}))
     print(report(res, "torchrun", "no recorder", {}))
+    base = res["torchrun"]["step time (ms)"].values
     for name, series in res.items():
-        vals = ", ".join(f"{v:.3f}" for v in series["step time (ms)"].values)
-        print(f"  {name:<14} {vals}")
+        vals = series["step time (ms)"].values
+        pairs = statistics.median(v / b for v, b in zip(vals, base, strict=True))
+        print(f"  {name:<14} {', '.join(f'{v:.3f}' for v in vals)}   median per-rep ratio "
+              f"{pairs:.3f}, best {min(vals):.3f} (best ratio {min(vals) / min(base):.3f})")
     print(f"load average {loads[0]} -> {loads[1]}")
 
 
