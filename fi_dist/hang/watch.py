@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fi_dist.hang.collect import collect
-from fi_dist.hang.ledger import read_ledgers
+from fi_dist.hang.ledger import LedgerSnapshot, read_ledgers
 from fi_dist.hang.report import Report
 from fi_dist.rundir import RunDir
 
@@ -54,7 +55,7 @@ class HangWatch:
         """The last capture (no progress, or a collective that raised)."""
 
     @property
-    def directory(self) -> Any:
+    def directory(self) -> Path:
         return self.run_dir.path / "hang"
 
     def reset(self, attempt: int) -> None:
@@ -64,8 +65,7 @@ class HangWatch:
         self._since = None
         self._failure_seen = False
 
-    def _progress_key(self) -> tuple[Any, ...] | None:
-        ledgers = read_ledgers(self.directory)
+    def _progress_key(self, ledgers: dict[int, LedgerSnapshot]) -> tuple[Any, ...] | None:
         if not ledgers:
             return None
         steps = tuple(sorted((r, d.get("step")) for r, d in self.run_dir.ranks().items()))
@@ -78,12 +78,13 @@ class HangWatch:
         if now - self._last_poll < self.poll_every:
             return None
         self._last_poll = now
-        if not self._failure_seen and (failed := self._failed_collective()) is not None:
+        ledgers = read_ledgers(self.directory)
+        if not self._failure_seen and (failed := _failed_collective(ledgers)) is not None:
             self._failure_seen = True
             self.capture(f"rank {failed[0]} failed in {failed[1]}", failed[2], end=False)
         if not self.timeout:
             return None
-        key = self._progress_key()
+        key = self._progress_key(ledgers)
         if key is None:
             return None
         if key != self._key or self._since is None:
@@ -99,14 +100,6 @@ class HangWatch:
                 f"{self.timeout:g}); every rank's stack is in "
                 f"{self.run_dir.path / f'hang-{self.attempt}.txt'}; ending the job\n"
                 f"fi-dist: diagnosis: {report.diagnosis.text}")
-
-    def _failed_collective(self) -> tuple[int, str, float] | None:
-        first: tuple[int, str, float] | None = None
-        for r, v in read_ledgers(self.directory).items():
-            for s in v.slots:
-                if s.failed and (first is None or s.failed_at < first[2]):
-                    first = (r, f"{s.op} #{s.issued} ({s.error})", s.failed_at)
-        return first
 
     def capture(self, trigger: str, when: float, end: bool) -> Report:
         """Collect every rank's stack now and record it in the run directory."""
@@ -124,3 +117,13 @@ class HangWatch:
         except OSError as exc:  # a full disk must not stop the supervisor
             log.warning("fi-dist: cannot record the hang report: %s", exc)
         return report
+
+
+def _failed_collective(ledgers: dict[int, LedgerSnapshot]) -> tuple[int, str, float] | None:
+    """The first collective that raised on any rank: (rank, what, when)."""
+    first: tuple[int, str, float] | None = None
+    for r, v in ledgers.items():
+        for s in v.slots:
+            if s.failed and (first is None or s.failed_at < first[2]):
+                first = (r, f"{s.op} #{s.issued} ({s.error})", s.failed_at)
+    return first

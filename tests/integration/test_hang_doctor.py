@@ -109,12 +109,16 @@ def test_a_collective_timeout_is_reported_as_the_rank_that_is_behind(hang_job) -
 
 
 LIGHT = '''\
-import ctypes, os, time
-from fi_dist import contract
-from fi_dist.runtime import hang
-from fi_dist.runtime.environment import RankEnvironment
+import ctypes, os, threading, time
+from pathlib import Path
+from fi_dist.hang.ledger import Ledger, ensure_hang_dir, ledger_path
+from fi_dist.runtime.hang.dumper import StackDumper
 
-hang.setup(RankEnvironment.from_env(), contract.current())
+# What rank_main's hang.setup installs, without torch (light and quick to start).
+rank = int(os.environ["RANK"])
+d = ensure_hang_dir(Path(os.environ["FI_DIST_RUN_DIR"]) / "hang")
+led = Ledger(ledger_path(d, rank), rank, 0, rank, 2, threading.main_thread().ident)
+StackDumper(d, rank, led).install()
 print("ready", flush=True)
 
 
@@ -136,10 +140,7 @@ def test_a_rank_holding_the_gil_is_dumped_by_faulthandler(tmp_path: Path) -> Non
     procs = []
     try:
         for rank in (0, 1):
-            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-                   "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0", "TORCHELASTIC_RUN_ID": "light",
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
-                   "FI_DIST_RUN_DIR": str(tmp_path), "FI_DIST_RUN_ID": "light"}
+            env = {**os.environ, "RANK": str(rank), "FI_DIST_RUN_DIR": str(tmp_path)}
             if rank == 1:
                 env["HOLD_GIL"] = "1"
             p = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
