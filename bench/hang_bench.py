@@ -177,7 +177,21 @@ def ddp_overhead(reps: int, steps: int) -> None:
     print(f"load average {loads[0]} -> {loads[1]}")
 
 
+FR_CALLS = '''\
+import sys, time, torch, torch.distributed as dist
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+x, calls, best = torch.ones(1), int(sys.argv[1]), float("inf")
+for _ in range(7):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        dist.all_reduce(x)
+    best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+print(best)
+'''
+
+
 def call_cost(calls: int) -> None:
+    """Per-call costs, best of 7 (load only ever adds time): the wrapper, the recorder."""
     import torch
     import torch.distributed as dist
 
@@ -196,15 +210,27 @@ def call_cost(calls: int) -> None:
 
         plain, wrapped = [], []
         led = Ledger(Path(d) / "0.ledger", 0, 0, 0, 1, threading.main_thread().ident or 0)
-        for _ in range(5):
+        for _ in range(7):
             plain.append(timed())
             collectives.install(led)
             wrapped.append(timed())
             collectives.uninstall()
         dist.destroy_process_group()
-    p, w = statistics.median(plain), statistics.median(wrapped)
-    print(f"all_reduce of 1 float, 1-rank gloo: plain {p:.2f} us, with the ledger {w:.2f} us "
-          f"(+{w - p:.2f} us per call); load {_load()}")
+        script = Path(d) / "fr.py"
+        script.write_text(FR_CALLS)
+        fr: dict[str, list[float]] = {"0": [], "2000": []}
+        for _ in range(3):
+            for size in fr:
+                out = subprocess.run([sys.executable, str(script), str(calls)], text=True,
+                                     capture_output=True, timeout=300, check=True,
+                                     env={**os.environ, "TORCH_FR_BUFFER_SIZE": size})
+                fr[size].append(float(out.stdout.split()[-1]))
+    p, w = min(plain), min(wrapped)
+    print(f"all_reduce of 1 float, 1-rank gloo, best of 7 x {calls} calls: plain {p:.2f} us, "
+          f"with fi-dist's ledger {w:.2f} us (+{w - p:.2f} us per call); load {_load()}")
+    off, on = min(fr["0"]), min(fr["2000"])
+    print(f"the same, Flight Recorder off {off:.2f} us, on (2000 entries) {on:.2f} us "
+          f"(+{on - off:.2f} us per collective); load {_load()}")
 
 
 def main() -> None:
