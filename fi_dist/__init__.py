@@ -6,13 +6,14 @@ from fi_dist.errors import ConfigError, FiDistError
 from fi_dist.spec import DebugSpec, JobSpec, ResourceSpec
 
 __all__ = ["Checkpointer", "ConfigError", "breakpoint", "DebugSpec", "FiDistError", "JobSpec", "ResourceSpec",
-           "__version__", "interactive_pytorch"]
+           "__version__", "check_replicas", "interactive_pytorch"]
 __version__ = "0.1.0"
 
 # Public names whose modules import torch: resolved on first use, so `import fi_dist`
 # stays light on the client side.
 _LAZY = {"Checkpointer": "fi_dist.runtime.checkpoint",
          "breakpoint": "fi_dist.runtime.debug.api",
+         "check_replicas": "fi_dist.runtime.replicas",
          "interactive_pytorch": "fi_dist.integrations.flyte"}
 
 

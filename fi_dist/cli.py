@@ -1,7 +1,7 @@
 """``fi-dist``: run, preempt and inspect distributed training jobs.
 
-Subcommands: run, preempt, chaos, status, attach, logs, cancel, resume. Flag names follow
-torchrun's.
+Subcommands: run, preempt, chaos, status, stacks, eval, attach, logs, cancel, resume.
+Flag names follow torchrun's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from fi_dist.job_commands import (
     cmd_attach,
     cmd_cancel,
     cmd_chaos,
+    cmd_eval,
     cmd_logs,
+    cmd_stacks,
     cmd_status,
 )
 from fi_dist.spec import NETWORKS, JobSpec
@@ -27,7 +29,7 @@ from fi_dist.spec import NETWORKS, JobSpec
 _RUN_FIELDS = ("nnodes", "nproc_per_node", "master_port", "launcher", "name",
                "max_restarts", "grace_period", "image", "namespace", "checkpoint_uri",
                "network_policy", "module", "no_python", "pod_entrypoint", "network",
-               "node_timeout")
+               "node_timeout", "hang_timeout", "hang_doctor")
 # `--idle-X` flags map onto IdleSpec field X (docs/idle.md); any of them turns culling on.
 _IDLE_FIELDS = ("timeout", "threshold", "interval", "warn_lead", "dry_run", "sampler",
                 "hang_factor", "webhook", "email", "smtp", "email_from")
@@ -140,6 +142,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-timeout", dest="node_timeout", type=float, default=None,
                    metavar="S", help="local: a node whose agent is unreachable for S seconds "
                    "is lost: the attempt fails (retryable) (default 60; 0 = never)")
+    p.add_argument("--hang-timeout", dest="hang_timeout", type=float, default=None,
+                   metavar="SECONDS", help="no collective completed and no step on any rank "
+                   "for this long: capture every rank's stack, end the job, name the rank "
+                   "that is behind as root cause (docs/hangs.md)")
+    p.add_argument("--no-hang-doctor", dest="hang_doctor", action="store_false", default=None,
+                   help="no collective ledger and stack dumper in the ranks (fi-dist stacks "
+                   "then has nothing to read)")
     p.add_argument("--config", default=None, help="job spec file (.toml/.yaml) from configs/")
     _add_idle_flags(p)
     _add_debug_flags(p)
@@ -185,6 +194,32 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_status)
 
 
+def _add_stacks(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stacks", help="every rank's Python stack, merged (ranks grouped by "
+                       "identical stack), and which rank is behind; nothing is paused, no "
+                       "--debug needed")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all-threads", action="store_true",
+                   help="every thread of every rank, not only the main threads")
+    add_job_arguments(p, required=False)
+    p.set_defaults(func=cmd_stacks)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate EXPR in every stopped rank of a --debug job and "
+                       "group the ranks by value (tensors: shape, dtype, checksum, max "
+                       "difference to rank 0)")
+    p.add_argument("expression", help="a Python expression, evaluated in each rank's frame")
+    p.add_argument("--frame", default=None, metavar="FUNCTION",
+                   help="the innermost frame of this function (default: the top frame of "
+                   "the user's code)")
+    p.add_argument("--rank", type=int, action="append", default=None,
+                   help="only this rank (repeatable; default: every rank)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_job_arguments(p, required=False)
+    p.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fi-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preempt(sub)
     _add_chaos(sub)
     _add_status(sub)
+    _add_stacks(sub)
+    _add_eval(sub)
     _add_attach(sub)
     _add_resume(sub)
     _add_job_commands(sub)

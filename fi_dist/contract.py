@@ -155,6 +155,10 @@ def parse_heartbeat(data: bytes) -> tuple[str, int, int] | None:
     except (UnicodeDecodeError, ValueError):
         pass
     return None
+def stacks_command(python: str = sys.executable, all_threads: bool = False) -> list[str]:
+    """A node's ranks' stacks and ledgers as JSON (run in a pod: ``kubectl exec``)."""
+    return [python, "-m", "fi_dist.hang.collect", "--json",
+            *(["--all-threads"] if all_threads else [])]
 
 
 # --- how values are written and read -------------------------------------------------
@@ -402,6 +406,8 @@ class JobContract:
     """A pipe's read end each node agent inherits; end of file means the launcher is gone."""
     owner: str = ""
     """``PID:STARTTIME`` of the launcher process; leftovers of a dead owner are swept."""
+    hang_doctor: bool = True
+    """Collective ledger and stack dumper in every rank (fi_dist.runtime.hang)."""
 
     def __post_init__(self) -> None:
         pairs = tuple(sorted(dict(self.env).items()))
@@ -432,7 +438,8 @@ class JobContract:
                    max_restarts=spec.max_restarts, grace_period=float(spec.grace_period),
                    checkpoint_dir=checkpoint_dir or spec.checkpoint_uri, debug=debug,
                    idle=spec.idle if spec.idle.enabled else None,
-                   env=tuple(spec.env.items()), network=spec.network)
+                   env=tuple(spec.env.items()), network=spec.network,
+                   hang_doctor=spec.hang_doctor)
 
     def to_env(self) -> dict[str, str]:
         """The variables for every process of the job (the user's env included)."""
@@ -465,6 +472,8 @@ class JobContract:
             out[ev.FI_DIST_LIFELINE_FD] = str(self.lifeline_fd)
         if self.owner:
             out[ev.FI_DIST_OWNER] = self.owner
+        if not self.hang_doctor:  # on unless said (pod env and snapshots stay as they were)
+            out[ev.FI_DIST_HANG_DOCTOR] = flag(False)
         return out
 
     def shown_env(self) -> dict[str, str]:
@@ -507,6 +516,7 @@ class JobContract:
             lifeline_fd=(None if r.raw(ev.FI_DIST_LIFELINE_FD) is None
                          else r.integer(ev.FI_DIST_LIFELINE_FD, -1)),
             owner=r.text(ev.FI_DIST_OWNER, ""),
+            hang_doctor=r.boolean(ev.FI_DIST_HANG_DOCTOR, True),
         )
 
     def replace(self, **changes: Any) -> JobContract:

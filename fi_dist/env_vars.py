@@ -70,6 +70,8 @@ FI_DIST_IDLE_SMTP = "FI_DIST_IDLE_SMTP"
 """SMTP server HOST:PORT for the culler's mail."""
 FI_DIST_IDLE_EMAIL_FROM = "FI_DIST_IDLE_EMAIL_FROM"
 """Sender address of the culler's mail."""
+FI_DIST_HANG_DOCTOR = "FI_DIST_HANG_DOCTOR"
+"""0 turns the hang doctor off in every rank (collective ledger, stack dumper; docs/hangs.md)."""
 FI_DIST_INTERACTIVE = "FI_DIST_INTERACTIVE"
 """1 turns on every @interactive_pytorch (0 turns them off, even with enable=True)."""
 FI_DIST_CODE_SERVER = "FI_DIST_CODE_SERVER"
@@ -115,6 +117,9 @@ TORCHELASTIC_USE_AGENT_STORE = "TORCHELASTIC_USE_AGENT_STORE"
 # --- Flyte (set by flytepropeller in a task's pod) ----------------------------------
 FLYTE_INTERNAL_EXECUTION_ID = "FLYTE_INTERNAL_EXECUTION_ID"
 """The execution's name: what resume generations of a pod without torchrun are bound to."""
+# --- torch's Flight Recorder (on by default in fi-dist's ranks: docs/hangs.md) -------------
+TORCH_FR_BUFFER_SIZE = "TORCH_FR_BUFFER_SIZE"
+TORCH_NCCL_TRACE_BUFFER_SIZE = "TORCH_NCCL_TRACE_BUFFER_SIZE"
 
 # --- collectives on loopback -------------------------------------------------------
 GLOO_SOCKET_IFNAME = "GLOO_SOCKET_IFNAME"

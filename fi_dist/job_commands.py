@@ -1,4 +1,4 @@
-"""``fi-dist status|logs|cancel|attach|chaos [JOB] [--launcher L]``: commands on one job.
+"""``fi-dist status|logs|cancel|attach|chaos|stacks|eval [JOB]``: commands on one job.
 
 The CLI parses; these functions find the job's launcher and call the
 :class:`~fi_dist.launcher.Launcher` interface, nothing launcher-specific. Without JOB
@@ -89,6 +89,8 @@ def format_status(st: JobStatus) -> str:
                           f"{c.get('mib_s', 0):.0f} MiB/s]")
             lines.append(f"{rank:>4}  {row.get('node')!s:>4}  {row.get('pid')!s:>7}  "
                          f"{row.get('state')}{extra}")
+    if st.diagnosis:
+        lines.append(f"diagnosis: {st.diagnosis}")
     return "\n".join(lines)
 
 
@@ -100,7 +102,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"job_id": st.job_id, "state": st.state.value, "message": st.message,
                           "exitcode": st.exitcode,
                           "ranks": [{"rank": r, **row} for r, row in sorted(st.ranks.items())],
-                          "idle": {str(n): v for n, v in st.idle.items()}}, indent=2))
+                          "idle": {str(n): v for n, v in st.idle.items()},
+                          "diagnosis": st.diagnosis}, indent=2))
     else:
         print(format_status(st))
     return 0
@@ -111,6 +114,37 @@ def cmd_logs(args: argparse.Namespace) -> int:
     with api_errors():
         for line in launcher.logs(job, rank=args.rank):
             print(line)
+    return 0
+
+
+def cmd_stacks(args: argparse.Namespace) -> int:
+    """Every rank's stack, merged (ranks grouped by identical stack), and the diagnosis."""
+    launcher, job = resolve(args)
+    with api_errors():
+        report = launcher.stacks(job, all_threads=args.all_threads)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.text())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """EXPR in every stopped rank of a --debug job, through its hub; ranks grouped by value."""
+    from fi_dist.dap_client import DapError
+    from fi_dist.rank_eval import evaluate_all
+
+    launcher, job = resolve(args)
+    with api_errors():
+        attachment = launcher.attach(job)
+    try:
+        result = evaluate_all(attachment.config, args.expression, frame=args.frame,
+                              ranks=args.rank)
+    except (DapError, OSError) as exc:
+        raise LauncherError(f"cannot evaluate through the hub of {job}: {exc}") from None
+    finally:
+        attachment.close()
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.text())
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from fi_dist import rundir
 from fi_dist.console import PlainView
 from fi_dist.errors import ConfigError, LauncherError
+from fi_dist.hang.report import Report
 from fi_dist.spec import JobSpec
 
 
@@ -47,6 +48,8 @@ class JobStatus:
     """Per rank: node, pid, state (``running``, ``paused at f.py:3``, ``exited 1`` ...)."""
     idle: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Per node: the idle culler's last sample."""
+    diagnosis: str = ""
+    """The hang doctor's one line: which rank is behind, which collectives disagree."""
 
 
 @dataclass
@@ -158,6 +161,16 @@ class Launcher(abc.ABC):
         """
         raise LauncherError(f"launcher {self.name!r} cannot attach to a job")
 
+    def stacks(self, job_id: str, all_threads: bool = False) -> Report:
+        """Every rank's Python stack and collectives, merged, with the diagnosis.
+
+        Nothing is paused; works without ``--debug`` (docs/hangs.md).
+
+        Raises:
+            LauncherError: this launcher cannot reach the job's ranks.
+        """
+        raise LauncherError(f"launcher {self.name!r} cannot collect stacks")
+
 
 class Forward(Protocol):
     """A local port forwarded to a job's hub (``kubectl port-forward``)."""
@@ -220,8 +233,27 @@ def run_status(path: Path) -> JobStatus:
         if d.get("node") in idle:
             row.update(idle=idle[d["node"]]["phase"], idle_for=idle[d["node"]]["idle_for"])
         ranks[r] = row
+    diagnosis = ""
+    if state is JobState.RUNNING:  # stacks only once a rank waited in a collective
+        from fi_dist.hang.collect import status_diagnosis
+
+        diagnosis = status_diagnosis(path / "hang", run.run_id)
     return JobStatus(run.run_id, state, exitcode=info.get("exitcode"), ranks=ranks,
-                     idle={n: v for n, v in idle.items()})
+                     idle={n: v for n, v in idle.items()}, diagnosis=diagnosis)
+
+
+def run_stacks(path: Path, all_threads: bool = False) -> Report:
+    """Every rank's stack of the run at ``path`` (its ranks run on this machine)."""
+    from fi_dist.hang.collect import collect
+    from fi_dist.hang.ledger import read_ledgers
+
+    run = rundir.RunDir(path)
+    if not run.exists():
+        raise ConfigError(f"no run {run.run_id} under {path.parent}")
+    if not read_ledgers(path / "hang"):
+        raise ConfigError(f"run {run.run_id} has no collective ledger yet (its ranks have not "
+                          "started, or it runs with the hang doctor off)")
+    return collect(path / "hang", run.run_id, all_threads=all_threads)
 
 
 def run_attachment(path: Path) -> Attachment:

@@ -249,6 +249,12 @@ class RunDir:
         except OSError:
             return []
         return [json.loads(x) for x in text.splitlines() if x.strip()]
+    def record_hang(self, data: dict[str, Any]) -> None:
+        """The hang watch's capture of this attempt (the summary's root cause candidate)."""
+        write_json(self.path / "events" / "hang.json", data)
+
+    def hang_report(self) -> dict[str, Any] | None:
+        return read_json(self.path / "events" / "hang.json")
 
     def clear_attempt_state(self) -> None:
         """Forget rank and node results and events before a restart of the whole job."""

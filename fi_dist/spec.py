@@ -197,6 +197,11 @@ class JobSpec:
     """Checkpoint directory or URI handed to the job (FI_DIST_CKPT_DIR)."""
     idle: IdleSpec = field(default_factory=IdleSpec)
     """Idle-worker culling options."""
+    hang_timeout: float = 0.0
+    """Seconds without progress (no collective completed, no step, on any rank) after which
+    fi-dist captures every rank's stack and ends the job (0: never; docs/hangs.md)."""
+    hang_doctor: bool = True
+    """Collective ledger and stack dumper in every rank (``fi-dist stacks``); off: neither."""
     network_policy: bool = False
     """PyTorchJob: also create a NetworkPolicy letting only the job's own pods reach its
     pods (the rendezvous store and the hub's rank port among them; docs/debug.md)."""
@@ -240,6 +245,12 @@ class JobSpec:
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be an integer >= 0, got {self.max_restarts!r}")
         _check_non_negative("grace_period", self.grace_period)
+        _check_non_negative("hang_timeout", self.hang_timeout)
+        if self.hang_timeout and not self.hang_doctor:
+            raise ConfigError("hang_timeout needs the hang doctor (hang_doctor: true)")
+        if self.hang_timeout and self.launcher in ("pytorchjob", "trainjob"):
+            raise ConfigError(f"hang_timeout: the {self.launcher} launcher has no fi-dist "
+                              "supervisor to end a hung job (local, ray and rayjob have)")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             raise ConfigError(f"env must map strings to strings, got {self.env!r}")
         self.script_args = [str(a) for a in self.script_args]

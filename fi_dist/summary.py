@@ -90,6 +90,7 @@ def summarize(run: RunDir, world_size: int, nproc_per_node: int,
             f"lost: its agent was unreachable for {float(lost['silent_for']):.0f}s (no "
             "heartbeat: a network partition or a hung node), treated as failed", None,
             float(lost["time"])))
+    failures += _hang_causes(run)
     failed_codes = {int(c.label.split()[1]): c.exitcode for c in failures
                     if c.label.startswith("rank")}
     for rank in range(world_size):
@@ -171,7 +172,20 @@ def summarize_ranks(run: RunDir, nproc_per_node: int, rank_exits: dict[int, int 
         failures.append(RootCause(f"node {p['node']}", 143,
                                   "preempted (SIGTERM to every process of the node)",
                                   None, float(p["time"])))
+    failures += _hang_causes(run)
     return _conclude(outcomes, failures, ranks, len(rank_exits))
+
+
+def _hang_causes(run: RunDir) -> list[RootCause]:
+    """The hang watch's capture (fi_dist.hang.watch), timed when the job stopped progressing
+    or when its first collective raised: before the ranks' consequent failures."""
+    rec = run.hang_report()
+    if not rec:
+        return []
+    label = "job hung" if rec.get("ends_job") else "stuck collective"
+    diagnosis = (rec.get("diagnosis") or {}).get("text") or ""
+    return [RootCause(label, int(rec.get("exitcode") or 1), f"{rec.get('trigger')}; {diagnosis}",
+                      rec.get("text"), float(rec.get("time") or 0))]
 
 
 def _conclude(outcomes: list[RankOutcome], failures: list[RootCause],

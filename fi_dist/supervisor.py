@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fi_dist.console import PlainView
+from fi_dist.hang.watch import HangWatch
 from fi_dist.launcher import JobState
 from fi_dist.rundir import RunDir
 from fi_dist.spec import JobSpec
@@ -105,6 +106,8 @@ class Supervisor:
         self.summary: Summary | None = None
         self.exitcode = 1
         self._stop_signal: int | None = None
+        # Reads the ranks' collective ledgers: --hang-timeout, and stacks when one raises.
+        self.hang = HangWatch(run_dir, spec.hang_timeout) if spec.hang_doctor else None
 
     @property
     def run_id(self) -> str:
@@ -171,6 +174,9 @@ class Supervisor:
     def _attempt(self) -> Summary:
         units = self.backend.start(self.attempts)
         self.run_dir.update_run(attempt=self.attempts)
+        if self.hang is not None:
+            self.hang.reset(self.attempts)
+        hung = False
         exits: dict[int, int | None] = {u: None for u in units}
         first_failure: float | None = None
         stopped_at: float | None = None
@@ -196,7 +202,10 @@ class Supervisor:
             # sockets); give them that so their exit codes are their own, then end them.
             overdue = bool(lost) or (first_failure is not None
                                      and time.monotonic() - first_failure > self.peer_window)
-            if (overdue or self._stop_signal is not None) and stopped_at is None:
+            if self.hang is not None and stopped_at is None and (note := self.hang.poll()):
+                self.view.message(note)
+                hung = True
+            if (overdue or hung or self._stop_signal is not None) and stopped_at is None:
                 stopped_at = time.monotonic()
                 threading.Thread(target=self.backend.terminate, args=(self.spec.grace_period,),
                                  daemon=True).start()

@@ -38,6 +38,7 @@ from fi_dist import procs, rundir
 from fi_dist.console import PlainView
 from fi_dist.contract import JobContract, LauncherKind, node_agent_command, program_command
 from fi_dist.errors import ConfigError, LauncherError
+from fi_dist.hang.report import Report
 from fi_dist.k8s.operator import pod_env, pod_name
 from fi_dist.launcher import (
     Attachment,
@@ -46,6 +47,7 @@ from fi_dist.launcher import (
     JobStatus,
     Launcher,
     run_attachment,
+    run_stacks,
     run_status,
 )
 from fi_dist.launchers import chaos, netns
@@ -221,6 +223,8 @@ class LocalLauncher(Launcher):
         if info.get("state") == "finished" or not rundir.pid_alive(info.get("pid", -1)):
             raise LauncherError(f"run {job_id} is not running")
         return chaos.request(job_id, node, fault)
+    def stacks(self, job_id: str, all_threads: bool = False) -> Report:
+        return run_stacks(rundir.root(self.cwd) / "runs" / job_id, all_threads)
 
 
 class LocalBackend(Backend):

@@ -1,4 +1,4 @@
-"""Kubeflow PyTorchJob launcher: dry-run, submit, status, logs, cancel, attach.
+"""Kubeflow PyTorchJob launcher: dry-run, submit, status, logs, cancel, attach, stacks.
 
 ``dryrun`` builds and validates the objects (with ``--network-policy`` a NetworkPolicy,
 a Secret with the hub token when debugging, then the PyTorchJob) without touching a
@@ -13,18 +13,27 @@ Job ids are ``NAMESPACE:NAME``.
 from __future__ import annotations
 
 import base64
+import json
+import logging
+import threading
 from collections.abc import Iterable
 from typing import Any
 
+from fi_dist.contract import stacks_command
 from fi_dist.errors import LauncherError
+from fi_dist.hang.report import Report, dumps_from_json
+from fi_dist.hang.stacks import RankDump
 from fi_dist.k8s import networkpolicy
 from fi_dist.k8s import pytorchjob as manifest
+from fi_dist.k8s.rules import PYTORCH_CONTAINER
 from fi_dist.k8s.validation import ManifestError, validate
 from fi_dist.launcher import Attachment, DryRun, JobState, JobStatus
 from fi_dist.launchjson import attach_config
 from fi_dist.spec import JobSpec
 
 from .kube import KubernetesLauncher
+
+log = logging.getLogger("fi_dist.launchers.pytorchjob")
 
 # The operator's last condition -> our state.
 _CONDITIONS = {"Created": JobState.PENDING, "Running": JobState.RUNNING,
@@ -154,6 +163,49 @@ class PyTorchJobLauncher(KubernetesLauncher):
                           forward=fwd, token_lifetime=(
                               f"as long as the Secret {ns}/{name}-fi-dist-debug, which goes "
                               f"with the PyTorchJob {ns}/{name} (its owner) or `fi-dist cancel`"))
+
+
+    def stacks(self, job_id: str, all_threads: bool = False) -> Report:
+        """Every pod's ranks, through ``kubectl exec`` of the in-pod collector; merged here.
+
+        Each pod runs ``python -m fi_dist.hang.collect --json`` (its node's ranks: the
+        ledgers and dump threads in the pod's own temporary directory), all pods at once.
+        """
+        ns, name, obj = self._job(job_id)
+        replicas = obj["spec"]["pytorchReplicaSpecs"]
+        workers = int((replicas.get("Worker") or {}).get("replicas") or 0)
+        pods = [f"{name}-master-0", *(f"{name}-worker-{i}" for i in range(workers))]
+        answers: dict[str, Any] = {}
+
+        def ask(pod: str) -> None:
+            try:
+                answers[pod] = json.loads(self.cluster.exec(
+                    ns, pod, PYTORCH_CONTAINER, stacks_command("python", all_threads)))
+            except Exception as exc:  # an API error, a pod not running, no fi-dist in it
+                answers[pod] = exc
+
+        threads = [threading.Thread(target=ask, args=(p,), daemon=True) for p in pods]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        dumps: dict[int, RankDump] = {}
+        failed = []
+        for pod in pods:
+            answer = answers.get(pod)
+            if not isinstance(answer, dict):
+                failed.append(f"{pod}: {answer or 'no answer'}")
+                continue
+            for d in dumps_from_json(answer):  # a pod lists the ranks it cannot see too
+                if d.rank not in dumps or dumps[d.rank].state == "not started":
+                    dumps[d.rank] = d
+        if not dumps:
+            raise LauncherError(f"no stacks from {job_id}: " + "; ".join(failed))
+        report = Report(f"{ns}:{name}", sorted(dumps.values(), key=lambda d: d.rank),
+                        all_threads)
+        for note in failed:
+            log.warning("fi-dist stacks: %s", note)
+        return report
 
 
 def _node_order(pod: str) -> tuple[int, int]:

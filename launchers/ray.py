@@ -31,12 +31,14 @@ from fi_dist import rundir
 from fi_dist.console import PlainView
 from fi_dist.contract import rank_command
 from fi_dist.errors import LauncherError
+from fi_dist.hang.report import Report
 from fi_dist.launcher import (
     Attachment,
     DryRun,
     JobStatus,
     Launcher,
     run_attachment,
+    run_stacks,
     run_status,
 )
 from fi_dist.spec import JobSpec
@@ -78,6 +80,11 @@ class RayLauncher(Launcher):
 
     def status(self, job_id: str) -> JobStatus:
         return run_status(rundir.root(self.cwd) / "runs" / job_id)
+
+    def stacks(self, job_id: str, all_threads: bool = False) -> Report:
+        # The ranks' ledgers are in the run directory: ranks on this machine (a local
+        # Ray, or the head node of a cluster) answer; docs/hangs.md says the limits.
+        return run_stacks(rundir.root(self.cwd) / "runs" / job_id, all_threads)
 
     def attach(self, job_id: str, local_port: int | None = None) -> Attachment:
         return run_attachment(rundir.root(self.cwd) / "runs" / job_id)

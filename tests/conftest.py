@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.cli import REPO, CliResult, fi_dist_cmd
 from tests.support.debug_job import DebugJob, StandaloneHub
+from tests.support.hang_job import HangJob
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +66,25 @@ def debug_job(tmp_path: Path) -> Iterator[Callable[..., DebugJob]]:
     def start(nnodes: int, nproc: int, env: dict[str, str],
               extra: tuple[str, ...] = ()) -> DebugJob:
         job = DebugJob(tmp_path, nnodes, nproc, env, extra=extra)
+        jobs.append(job)
+        return job
+
+    yield start
+    for job in jobs:
+        job.stop()
+
+
+@pytest.fixture
+def hang_job(tmp_path: Path) -> Iterator[Callable[..., HangJob]]:
+    """Start ``fi-dist run`` of the hang job in ``tmp_path``; every one is stopped afterwards.
+
+    ``hang_job(nnodes, nproc, env, extra=())`` returns the running :class:`HangJob`.
+    """
+    jobs: list[HangJob] = []
+
+    def start(nnodes: int, nproc: int, env: dict[str, str],
+              extra: tuple[str, ...] = ()) -> HangJob:
+        job = HangJob(tmp_path, nnodes, nproc, env, extra=extra)
         jobs.append(job)
         return job
 

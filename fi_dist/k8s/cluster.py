@@ -170,6 +170,24 @@ class Cluster:
     def pod_log(self, namespace: str, pod: str, container: str) -> str:
         return self.core.read_namespaced_pod_log(pod, namespace, container=container)
 
+    def exec(self, namespace: str, pod: str, container: str, command: list[str],
+             timeout: float = 60.0) -> str:
+        """``command``'s standard output, run in the pod's container (``kubectl exec``).
+
+        Read from the websocket's stdout channel: with ``_preload_content`` the client
+        deserializes an output that looks like JSON into a dict and returns its repr.
+        """
+        from kubernetes.stream import stream
+
+        ws = stream(self.core.connect_get_namespaced_pod_exec, pod, namespace, command=command,
+                    container=container, stdin=False, stdout=True, stderr=False, tty=False,
+                    _preload_content=False)
+        try:
+            ws.run_forever(timeout=timeout)
+            return str(ws.read_stdout(timeout=0) or "")
+        finally:
+            ws.close()
+
 
 def _absent_ok(delete: Any, name: str, namespace: str) -> None:
     from kubernetes.client.exceptions import ApiException

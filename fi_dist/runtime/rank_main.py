@@ -24,6 +24,7 @@ from fi_dist import contract
 from fi_dist import env_vars as ev
 from fi_dist.contract import MODULE_FLAG, NO_PYTHON_FLAG, LauncherKind
 from fi_dist.rundir import RunDir
+from fi_dist.runtime import hang
 from fi_dist.runtime.environment import RankEnvironment
 
 _PR_SET_PDEATHSIG = 1
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         state.write_rank(env.rank, node=env.node_rank, local_rank=env.local_rank,
                          pid=os.getpid(), addr=env.node_addr, state="running",
                          started=time.time())
+    doctor = hang.setup(env, job)  # collective ledger + stack dumper (docs/hangs.md)
     code = 0
     debug = job.debug
     if debug is not None:  # debugpy on loopback + the hub agent; debugpy is imported only here
@@ -174,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         if state:
             state.write_rank(env.rank, state="failed", exitcode=1,
                              error=f"{type(exc).__name__}: {exc}", ended=time.time())
+        if doctor:
+            doctor.ended(1, failed=True)
         raise
+    if doctor:
+        doctor.ended(code, failed=False)
     if state:
         state.write_rank(env.rank, state="exited", exitcode=code, ended=time.time())
     return code

@@ -23,7 +23,7 @@ def full_spec(**extra) -> JobSpec:
                    debug=DebugSpec(enabled=True, port=6000, wait_for_client=True,
                                    post_mortem_wait=30, trace="eager"),
                    idle=IdleSpec(enabled=True, timeout=600, interval=5, email="a@b.c"),
-                   max_restarts=3, **extra)
+                   max_restarts=3, hang_doctor=False, **extra)
 
 
 @pytest.mark.parametrize("launcher", list(LauncherKind))

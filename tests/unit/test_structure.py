@@ -13,8 +13,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 SHARED_CORE = {"fi_dist.spec", "fi_dist.config", "fi_dist.errors", "fi_dist.env_vars",
-               "fi_dist.rundir", "fi_dist.contract", "fi_dist.launchjson", "fi_dist.procs"}
+               "fi_dist.rundir", "fi_dist.contract", "fi_dist.launchjson", "fi_dist.procs",
+               # the hang doctor's formats, collection and diagnosis: ranks, node agents and
+               # the client all use them (docs/hangs.md)
+               "fi_dist.hang", "fi_dist.hang.ledger", "fi_dist.hang.stacks",
+               "fi_dist.hang.diagnose", "fi_dist.hang.report", "fi_dist.hang.collect",
+               "fi_dist.hang.watch"}
 CLIENT = ("fi_dist.cli", "fi_dist.job_commands", "fi_dist.launcher", "fi_dist.registry",
+          "fi_dist.dap_client", "fi_dist.rank_eval",
           "fi_dist.console", "fi_dist.summary", "fi_dist.supervisor", "fi_dist.launchers",
           "fi_dist.k8s")
 

@@ -10,6 +10,9 @@ arguments decide the role:
   this same port with ``fiDistRank`` set. Closing the root resumes every rank.
 * ``fiDistRank: R``: a **child** session, a view onto rank R's debug session: requests
   are forwarded, ``continue`` continues every rank, thread names carry ``rank R (node N)``.
+  With ``fiDistSideView: true`` it is a *side* view (``fi-dist eval`` beside the IDE): it
+  does not replace the IDE's child view of the rank and gets no events; its attach
+  response lists every rank the hub knows (``fiDistRanks``).
 
 Every attach must carry the job's token (``fiDistToken``), compared in constant time.
 """
@@ -75,6 +78,8 @@ class IdeSession:
         self.role: str | None = None
         self.link: RankLink | None = None
         self.configured = False
+        self.side = False
+        """A side view of a rank (fi-dist eval): no events, the IDE's child view stays."""
         self._seq = itertools.count(1)
 
     # --- output ---------------------------------------------------------------------
@@ -181,7 +186,9 @@ class IdeSession:
             except (TimeoutError, ConnectionError, OSError) as exc:
                 self.respond(req, error=f"{link.label}: cannot open its debug session: {exc}")
                 return
-            self.hub.attach_child(link, self)
+            self.side = bool(args.get("fiDistSideView"))
+            if not self.side:
+                self.hub.attach_child(link, self)
             self.role, self.link = "child", link
         self.attach_req = req
         self.hub.authenticated("IDE port", self.writer)
@@ -249,7 +256,9 @@ class IdeSession:
         if cmd == "configurationDone":
             self.respond(req)
             if self.attach_req is not None:
-                self.respond(self.attach_req)
+                ranks = {str(r): {"node": k.node, "state": k.state.value}
+                         for r, k in sorted(self.hub.ranks.items())}
+                self.respond(self.attach_req, {"fiDistRanks": ranks} if self.side else None)
                 self.configured = True
                 self.event("process", {"name": link.label, "systemProcessId": link.pid,
                                        "isLocalProcess": False, "startMethod": "attach"})

@@ -37,6 +37,10 @@ class IdleEvent:
     """Ranks reported hung (kind ``hung``)."""
     time: float = 0.0
     utilisation: list[float] = field(default_factory=list)
+    diagnosis: str = ""
+    """``hung``: the hang doctor's one line (which rank is behind, docs/hangs.md)."""
+    stacks: str = ""
+    """``hung``: every rank's stack, merged (what ``fi-dist stacks`` prints)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

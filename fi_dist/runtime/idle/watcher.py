@@ -181,8 +181,11 @@ class IdleWatcher:
         if verdict.hung != self._hung:
             self._hung = verdict.hung
             if verdict.hung:
+                diagnosis, stacks = self._stacks()
                 self._notify("hung", verdict, obs, f"ranks {list(verdict.hung)} look hung: "
-                             "device busy, step heartbeat stale")
+                             "device busy, step heartbeat stale"
+                             + (f"; {diagnosis}" if diagnosis else ""),
+                             diagnosis=diagnosis, stacks=stacks)
         if verdict.action is Action.WARN:
             then = ("it would be ended (dry run)" if self.spec.dry_run else "a checkpoint "
                     "will be requested and the node ended")
@@ -203,10 +206,11 @@ class IdleWatcher:
         self._write_status(verdict, obs, samples)
         return verdict.action
 
-    def _notify(self, kind: str, verdict: Verdict, obs: Observation, message: str) -> None:
+    def _notify(self, kind: str, verdict: Verdict, obs: Observation, message: str,
+                diagnosis: str = "", stacks: str = "") -> None:
         event = IdleEvent(kind, self.run_dir.run_id, self.node, message, verdict.idle_for,
                           self.spec.timeout, self.spec.dry_run, verdict.hung, obs.time,
-                          list(obs.utilisation))
+                          list(obs.utilisation), diagnosis, stacks)
         self.events.append(event)
         notify_all(self.notifiers, event)
 
@@ -223,6 +227,20 @@ class IdleWatcher:
             "dry_run": self.spec.dry_run, "last_active": self.state.last_active,
             "ended_at": self.ended_at, "reason": verdict.reason, "updated": obs.time,
         })
+
+    def _stacks(self) -> tuple[str, str]:
+        """Every rank's stack and the diagnosis, for the ``hung`` notification (and a file)."""
+        from fi_dist.hang.collect import collect
+        from fi_dist.hang.ledger import read_ledgers
+
+        directory = self.run_dir.path / "hang"
+        if not read_ledgers(directory):
+            return "", ""  # the hang doctor is off
+        report = collect(directory, self.run_dir.run_id)
+        text = report.text()
+        with contextlib.suppress(OSError):
+            (self.run_dir.path / f"hang-idle-node{self.node}.txt").write_text(text + "\n")
+        return report.diagnosis.text, text
 
     # --- escalation ------------------------------------------------------------------
     def _end_node(self) -> None:
