@@ -15,12 +15,14 @@ import runpy
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from fi_dist import contract
 from fi_dist import env_vars as ev
 from fi_dist.contract import LauncherKind
 from fi_dist.rundir import RunDir
+from fi_dist.runtime import heartbeat
 from fi_dist.runtime.environment import RankEnvironment
 
 _PR_SET_PDEATHSIG = 1
@@ -92,15 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         code = _exit_code(exc)
     except BaseException as exc:
-        if debug is not None and not isinstance(exc, KeyboardInterrupt):
+        debugged = debug is not None and not isinstance(exc, KeyboardInterrupt)
+        if debug is not None and debugged:
             rank_hook.post_mortem(exc, debug)
         _record_error(exc)
-        if state:
-            state.write_rank(env.rank, state="failed", exitcode=1,
-                             error=f"{type(exc).__name__}: {exc}", ended=time.time())
+        # Final: a debugger state arriving later never overwrites it (the root cause).
+        heartbeat.current().finish("failed", exitcode=1, error=f"{type(exc).__name__}: {exc}",
+                                   ended=time.time())
+        if debugged:
+            # Re-raised through pydevd's traced frames the exception would stop a second
+            # time as "uncaught" after the post-mortem's continue: end as Python would.
+            traceback.print_exception(exc)
+            return 1
         raise
-    if state:
-        state.write_rank(env.rank, state="exited", exitcode=code, ended=time.time())
+    heartbeat.current().finish("exited", exitcode=code, ended=time.time())
     return code
 
 

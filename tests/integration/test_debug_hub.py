@@ -110,7 +110,7 @@ def test_break_on_all_ranks_2x2(tmp_path: Path, debug_job, baseline: str) -> Non
     client = None
     try:
         cfg = job.config
-        assert cfg["type"] == "debugpy" and cfg["request"] == "attach"
+        assert cfg["type"] == "fi-dist" and cfg["request"] == "attach"
         assert cfg["justMyCode"] is False and cfg["connect"]["host"] == "127.0.0.1"
         printed = subprocess.run(cli("attach", "--print"), cwd=tmp_path, capture_output=True,
                                  text=True, timeout=60)

@@ -206,6 +206,10 @@ class RankLink:
     activity_sent: float = float("-inf")
     """When the hub last told the rank of debugger activity (monotonic)."""
     stack_waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
+    note: str = "running"
+    """Its state line as ``fi-dist status`` and the Ranks view show it."""
+    exitcode: int | None = None
+    """Its exit code once it said (``exited N``)."""
 
     @property
     def state(self) -> RankState:
