@@ -70,6 +70,9 @@ class InteractiveConfig:
     """code-server binary; default ``FI_DIST_CODE_SERVER``, ``.tools/code-server``, PATH."""
     max_restarts: int = 3
     """Placed above an Elastic ``@task``: raise its ``max_restarts`` to at least this."""
+    extensions: Sequence[str] = ()
+    """More VSCode extensions for rank 0's code-server, as local ``.vsix`` files (installed
+    offline with the fi-dist extension, which is always there)."""
 
     def __post_init__(self) -> None:
         for name in ("port", "debug_port"):
@@ -90,6 +93,15 @@ class InteractiveConfig:
                 raise ValueError(f"interactive_pytorch({name}=...): must be callable")
         if self.max_restarts < 0:
             raise ValueError(f"interactive_pytorch(max_restarts={self.max_restarts}): must be >= 0")
+        if isinstance(self.extensions, str):
+            raise ValueError(f"interactive_pytorch(extensions={self.extensions!r}): must be a "
+                             "list of .vsix paths")
+        paths = [str(Path(e).resolve()) for e in self.extensions]
+        for given, path in zip(self.extensions, paths, strict=True):
+            if not path.endswith(".vsix") or not Path(path).is_file():
+                raise ValueError(f"interactive_pytorch(extensions=[..., {given!r}]): not a "
+                                 ".vsix file (give the path of a VSCode extension package)")
+        self.extensions = tuple(paths)
 
     def enabled(self) -> bool:
         switch = os.environ.get(ev.FI_DIST_INTERACTIVE)

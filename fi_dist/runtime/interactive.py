@@ -204,10 +204,9 @@ class Session:
     def _start_code_server(self) -> None:
         from fi_dist.runtime import codeserver
 
-        state = rundir.private_dir(rundir.ensure_root(self.root) / "code-server")
-        password = self._password(state)
-        cfg = codeserver.CodeServerConfig(folder=self.root, state_dir=state, password=password,
-                                          port=self.cfg.port)
+        # The fi-dist extension (debug type fi-dist, Ranks view) and the user's .vsix
+        # files, installed offline from the package and the given paths.
+        cfg = codeserver.workspace_config(self.root, self.cfg.port, self.cfg.extensions)
         try:
             binary = Path(self.cfg.code_server) if self.cfg.code_server else None
             self.code_server = codeserver.start(cfg, binary)
@@ -219,17 +218,6 @@ class Session:
                   f"{self.root / resume.SESSION_FILE}); port-forward it to reach it",
                   file=sys.stderr, flush=True)
             self._write_session()
-
-    def _password(self, state: Path) -> str:
-        # Kept across restarts of rank 0, so a browser logged in before a resume stays in.
-        path = state / "password"
-        with contextlib.suppress(OSError):
-            rundir.tighten(path, PRIVATE_MODE)  # a file from before fi-dist set modes
-            if password := path.read_text().strip():
-                return password
-        password = contract.new_token()
-        rundir.write_text_atomic(path, password, PRIVATE_MODE)
-        return password
 
     def _code_server_on_failure(self) -> None:
         while True:
