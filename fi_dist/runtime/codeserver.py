@@ -333,3 +333,28 @@ def start_beside_hub(debug: DebugSettings, folder: Path, run_dir: str | None
           f"(password in {password_file}); there, or in desktop VSCode after `fi-dist vscode "
           f"install`: Run and Debug -> '{ATTACH_CONFIG_NAME}'", flush=True)
     return server
+
+
+class Background:
+    """:func:`start_beside_hub` on a thread of its own, so the job's ranks start meanwhile.
+
+    The thread that starts code-server lives until :meth:`stop`: code-server's
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked it ends, not the process.
+    """
+
+    def __init__(self, debug: DebugSettings, folder: Path, run_dir: str | None) -> None:
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(debug, folder, run_dir),
+                                        name="fi-dist-code-server", daemon=True)
+        self._thread.start()
+
+    def _run(self, debug: DebugSettings, folder: Path, run_dir: str | None) -> None:
+        server = start_beside_hub(debug, folder, run_dir)
+        self._done.wait()
+        if server is not None:
+            server.stop()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop code-server (once it is up, if it is still starting)."""
+        self._done.set()
+        self._thread.join(timeout)

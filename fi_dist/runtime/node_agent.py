@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if hub is not None and job.debug is not None and job.debug.code_server:
         from fi_dist.runtime import codeserver  # the browser IDE beside the hub
 
-        ide = codeserver.start_beside_hub(job.debug, Path.cwd(), job.run_dir)
+        ide = codeserver.Background(job.debug, Path.cwd(), job.run_dir)
     try:
         elastic_launch(config=config, entrypoint=cmd)(*cmd_args)
     except ChildFailedError as exc:

@@ -105,9 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             # Re-raised through pydevd's traced frames the exception would stop a second
             # time as "uncaught" after the post-mortem's continue: end as Python would.
             traceback.print_exception(exc)
+            rank_hook.exiting(1)
             return 1
         raise
     heartbeat.current().finish("exited", exitcode=code, ended=time.time())
+    if debug is not None:
+        rank_hook.exiting(code)
     return code
 
 

@@ -84,3 +84,23 @@ def post_mortem(exc: BaseException, debug: DebugSettings) -> bool:
     # pydevd treats the exception as uncaught and stops at the frame that raised it.
     debugpy.trigger_exception_handler(exc, as_uncaught=True)
     return True
+
+
+def exiting(code: int) -> None:
+    """The script is over: rank_main's own ``SystemExit(code)`` must not stop the rank.
+
+    pydevd takes an unhandled non-zero ``SystemExit`` for an uncaught exception (VSCode's
+    default filter): after a post-mortem's Continue, or after a script's own
+    ``sys.exit(3)``, the rank would stop once more at rank_main's exit.
+    """
+    try:
+        import pydevd
+    except ImportError:
+        return
+    py_db = pydevd.get_global_debugger()
+    if py_db is None:
+        return
+    if hasattr(py_db, "set_break_on_system_exit"):
+        py_db.set_break_on_system_exit(set(), [])  # no code breaks (a str code still does)
+    else:
+        py_db.set_ignore_system_exit_codes({*py_db._ignore_system_exit_codes, code})
