@@ -82,7 +82,9 @@ def _editor(job: DebugJob, timeout: float = 120) -> dict[str, Any]:
 
 def _browse(job: DebugJob, scenario: str, shots: Path, line: int | None) -> list[dict]:
     """Run one scenario in chromium; its JSON lines. Fails with the screenshots' path."""
+    t0 = time.monotonic()
     editor = _editor(job)
+    print(f"code-server up after {time.monotonic() - t0:.1f}s more", file=sys.stderr)
     cfg = {"url": editor["url"], "password": Path(editor["password_file"]).read_text().strip(),
            "file": str(job.script), "line": line, "shots": str(shots), "world": 4,
            "perNode": 2}
@@ -93,7 +95,7 @@ def _browse(job: DebugJob, scenario: str, shots: Path, line: int | None) -> list
                          text=True, timeout=240,
                          env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
     steps = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
-    print(f"{scenario}: screenshots in {shots}", file=sys.stderr)
+    print(f"{scenario}: {time.monotonic() - t0:.1f}s; screenshots in {shots}", file=sys.stderr)
     for step in steps:
         print(f"  {step}", file=sys.stderr)
     assert out.returncode == 0 and steps and steps[-1].get("done") == scenario, (
@@ -103,8 +105,11 @@ def _browse(job: DebugJob, scenario: str, shots: Path, line: int | None) -> list
 
 
 def _start(debug_job, env: dict[str, str]) -> DebugJob:
-    return debug_job(2, 2, env, extra=("--wait-for-client", "--code-server",
-                                       "--code-server-port", "0"))
+    t0 = time.monotonic()
+    job = debug_job(2, 2, env, extra=("--wait-for-client", "--code-server",
+                                      "--code-server-port", "0"))
+    print(f"hub up after {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    return job
 
 
 @pytest.mark.parametrize("scenario", ["disconnect", "continue"])
@@ -115,7 +120,9 @@ def test_attach_all_ranks_in_the_browser(scenario: str, debug_job, baseline: Bas
     rank's state, ``dist.get_rank()`` evaluated in two sessions; then Disconnect (or
     Continue) with a RANK session selected resumes every rank and the job ends with the
     checksum of a run without --debug."""
-    job = _start(debug_job, {"JOB_MODE": "break", "JOB_HOLD": "20"})
+    # The others spin 6 s from step 2 on; the pause lands within milliseconds and the time
+    # paused counts, so after the Continue they go straight on.
+    job = _start(debug_job, {"JOB_MODE": "break", "JOB_HOLD": "6"})
     shots = tmp_path / "browser-shots" / scenario
     steps = _browse(job, scenario, shots, marker_line(job.script, "LAST-RANK-LINE"))
     by = {s["step"]: s for s in steps}
