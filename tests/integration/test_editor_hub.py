@@ -102,10 +102,16 @@ def test_rank_order_root_state_ranks_view_and_disconnect_from_a_rank(standalone_
         assert event["body"]["focus"] == 3
         assert _ranks(client.children[1])["ranks"] == _ranks(root)["ranks"]
 
+        # Restarting rank 2's view (VSCode's Restart: disconnect with restart) ends only it.
+        client.children[2].request("disconnect", {"restart": True})
+        assert client.children[2].closed.wait(10)
+        time.sleep(0.5)
+        assert not root.closed.is_set()
+        assert not any(e.get("event") == "terminated" for e in list(root.events.queue))
         # Disconnect with rank 1's session selected: the whole debug session ends.
         client.children[1].request("disconnect", {"terminateDebuggee": False})
         root.wait_event("terminated", timeout=30)
-        for r in (0, 2, 3):
+        for r in (0, 3):
             client.children[r].wait_event("terminated", timeout=30)
         assert root.closed.wait(30), "the root session stayed open"
     finally:

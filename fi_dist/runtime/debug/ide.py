@@ -302,9 +302,10 @@ class IdeSession:
         if cmd in ("disconnect", "terminate"):
             self.respond(req)
             await self.writer.drain()
-            if not self.ended and link.state is not RankState.EXITED:
+            if not self.ended and link.state is not RankState.EXITED and not args.get("restart"):
                 # Disconnect/Stop with a rank's session selected: the user means the job's
                 # debug session, not one view of it (every rank resumes, every view ends).
+                # A restart of the view (it attaches again at once) ends only the view.
                 self.hub.end_session(f"{link.label}'s session sent {cmd}")
             self.close()
             return
