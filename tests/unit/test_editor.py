@@ -102,3 +102,18 @@ def test_interactive_extensions_are_checked(tmp_path: Path) -> None:
         InteractiveConfig(extensions=[str(tmp_path / "no-such.vsix")])
     with pytest.raises(ValueError, match="list of .vsix"):
         InteractiveConfig(extensions=str(vsix))
+
+
+def test_one_notice_names_every_blocked_rank() -> None:
+    from fi_dist.runtime.debug.jobview import blocked_note
+
+    same = "blocked in collective all_reduce at train.py:40"
+    assert blocked_note({0: ("rank 0 (node 0)", same)}).startswith(
+        f"fi-dist: rank 0 (node 0) is {same}, waiting for a stopped rank")
+    assert blocked_note({1: ("rank 1 (node 0)", same), 0: ("rank 0 (node 0)", same),
+                         2: ("rank 2 (node 1)", same)}).startswith(
+        f"fi-dist: rank 0 (node 0), rank 1 (node 0) and rank 2 (node 1) are {same},")
+    mixed = blocked_note({0: ("rank 0 (node 0)", same),
+                          1: ("rank 1 (node 0)", "blocked in native code at x.py:3")})
+    assert mixed.startswith(f"fi-dist: rank 0 (node 0) is {same}; rank 1 (node 0) is "
+                            "blocked in native code at x.py:3,")
