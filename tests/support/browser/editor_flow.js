@@ -168,11 +168,19 @@ async function run(page) {
     select.evaluate((el) => el.selectedIndex >= 0 && el.options[el.selectedIndex].text));
   if (chosen !== 'fi-dist: attach all ranks') throw new Error(`selected configuration: ${chosen}`);
   // Room for the CALL STACK and the Ranks view: Variables and Watch folded.
+  await page.locator('.pane-header[aria-label^="Call Stack"]').first().waitFor({ timeout: 30000 });
   for (const pane of ['Variables', 'Watch']) {
     const header = page.locator(`.pane-header[aria-label^="${pane} Section"][aria-expanded="true"]`);
     if (await header.count()) await header.first().click();
   }
-  await page.click('.part.sidebar .codicon-debug-start');
+  // Start; on a loaded machine the workbench may still be settling and drop the click:
+  // press it again only while no debug session has appeared.
+  await until('the debug session to start', async () => {
+    if ((await callStack(page)).length) return true;
+    await page.click('.part.sidebar .codicon-debug-start');
+    return until('a session in the CALL STACK', async () =>
+      (await callStack(page)).length > 0, 10000).catch(() => false);
+  }, 60000, 0);
   say('started');
   await page.click('.pane-header[aria-label^="Ranks"][aria-expanded="false"]').catch(() => undefined);
 
