@@ -117,3 +117,13 @@ def test_one_notice_names_every_blocked_rank() -> None:
                           1: ("rank 1 (node 0)", "blocked in native code at x.py:3")})
     assert mixed.startswith(f"fi-dist: rank 0 (node 0) is {same}; rank 1 (node 0) is "
                             "blocked in native code at x.py:3,")
+
+
+def test_code_server_is_refused_on_ray_where_no_node_agent_runs(tmp_path: Path) -> None:
+    from fi_dist.registry import get_launcher
+
+    script = tmp_path / "t.py"
+    script.write_text("pass\n")
+    spec = JobSpec(script=str(script), debug=DebugSpec(enabled=True, code_server=True))
+    with pytest.raises(ConfigError, match="--code-server needs node agents"):
+        get_launcher("ray").dryrun(spec)
