@@ -1,6 +1,7 @@
 """The fi-dist VSCode extension as a user installs it: the .vsix shipped in the package,
 ``fi-dist vscode install`` into a desktop editor's command line, and the real code-server
-installing it offline."""
+installing it with no network at all (a network namespace of its own; the tests run as
+root, as CI does)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,12 @@ def test_code_server_installs_the_extension_offline(tmp_path: Path) -> None:
     cfg = codeserver.workspace_config(folder, 0, [str(other_vsix)])
     assert cfg.extensions == [editor.vsix_path(), other_vsix]
     assert (cfg.state_dir / "password").stat().st_mode & 0o777 == 0o600
-    server = codeserver.CodeServer(cfg, binary)
+    # Offline for real: code-server runs in a network namespace of its own with no
+    # interface up (not even loopback), as in an air-gapped pod.
+    offline = tmp_path / "code-server-offline"
+    offline.write_text(f'#!/bin/sh\nexec unshare --net {binary} "$@"\n')
+    offline.chmod(0o755)
+    server = codeserver.CodeServer(cfg, offline)
     server.install_extensions()
     installed = json.loads((cfg.state_dir / "extensions" / "extensions.json").read_text())
     ids = {e["identifier"]["id"] for e in installed}
