@@ -288,6 +288,12 @@ class Session:
         if self.debugged:
             import debugpy
 
+            from fi_dist.runtime.debug import agent
+
+            rank_agent = agent.current()
+            if rank_agent is not None:  # the hub's Ranks view and status say post-mortem
+                rank_agent.send({"event": "post-mortem", "error_type": type(exc).__name__,
+                                 "error": f"{type(exc).__name__}: {exc}"})
             if debugpy.is_client_connected():
                 connected = True
                 debugpy.trigger_exception_handler(exc, as_uncaught=True)
