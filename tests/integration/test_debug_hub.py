@@ -137,8 +137,14 @@ def test_break_on_all_ranks_2x2(tmp_path: Path, debug_job, baseline: str) -> Non
             if r == 3:
                 assert frame["line"] == line
                 assert client.evaluate(r, "dist.get_rank()", frame["id"]) == "3"
-            else:  # paused while running Python in spin(), called from the spin line
-                assert frame["name"] == "spin"
+            else:
+                # Paused while running Python: mostly in spin(), but the pause (a few ms
+                # after rank 3's stop) may land while a rank is still leaving step 2's
+                # all_reduce (torch's Python wrapper) or in main() on its way to spin().
+                path = frame["source"]["path"]
+                assert frame["name"] == "spin" or (frame["name"] == "main" and
+                                                   path == str(job.script)) or \
+                    "torch/distributed" in path, frame
                 assert client.evaluate(r, "__import__('torch').distributed.get_rank()",
                                        frame["id"]) == str(r)
         threads = children[3].request("threads")["body"]["threads"]
