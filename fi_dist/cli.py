@@ -72,6 +72,14 @@ def _add_debug_flags(p: argparse.ArgumentParser) -> None:
                    help="hold every rank before the first line until a client attaches")
     g.add_argument("--post-mortem-wait", type=float, metavar="SECONDS",
                    help="a rank that raised waits this long for a client before failing")
+    g.add_argument("--code-server", action="store_true", default=None,
+                   help="also start code-server (VSCode in the browser) on node 0 with the "
+                        "fi-dist extension, offline; prints its URL and password file")
+    g.add_argument("--code-server-port", type=int, metavar="PORT",
+                   help="code-server's port on 127.0.0.1 (default 8080; 0 = a free one)")
+    g.add_argument("--extension", action="append", dest="extensions", metavar="VSIX",
+                   help="another .vsix for that code-server (repeatable; implies "
+                        "--code-server)")
     g.add_argument("--debug-trace", choices=("lazy", "eager"), default=None,
                    help="start pydevd's tracing only once a breakpoint or pause needs it "
                         "(lazy, the default: no step-time cost before) or from the first "
@@ -102,7 +110,8 @@ def _add_job_commands(sub: argparse._SubParsersAction) -> None:
 # `run` flags that map onto DebugSpec fields; any of them turns debugging on.
 _DEBUG_FLAGS = {"enabled": "debug", "port": "debug_port", "host": "debug_host",
                 "wait_for_client": "wait_for_client", "post_mortem_wait": "post_mortem_wait",
-                "trace": "debug_trace"}
+                "trace": "debug_trace", "code_server": "code_server",
+                "code_server_port": "code_server_port", "extensions": "extensions"}
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -232,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attach(sub)
     _add_resume(sub)
     _add_job_commands(sub)
+    from fi_dist.editor import commands as editor_commands
+
+    editor_commands.add_parser(sub)
     return parser
 
 
@@ -248,6 +260,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     debug = {f: getattr(args, a) for f, a in _DEBUG_FLAGS.items()
              if getattr(args, a, None) is not None}
     if debug:
+        if debug.get("extensions") or "code_server_port" in debug:
+            debug["code_server"] = True
         given["debug"] = {**debug, "enabled": True}
     if args.script:
         given["script"] = args.script

@@ -254,6 +254,12 @@ class DebugSettings:
     """``lazy`` or ``eager``: when ranks start pydevd's tracing (docs/debug.md)."""
     pg_timeout: float = DEFAULT_PG_TIMEOUT
     """Seconds of process-group/store timeout forced while debugging (paused ranks live)."""
+    code_server: bool = _DEBUG.code_server
+    """Node 0 starts code-server beside the hub, with the fi-dist extension."""
+    code_server_port: int = _DEBUG.code_server_port
+    """That code-server's port on 127.0.0.1 (0: a free one)."""
+    extensions: tuple[str, ...] = ()
+    """More .vsix files (absolute paths) that code-server installs offline."""
 
     def __post_init__(self) -> None:
         if self.trace not in ("lazy", "eager"):
@@ -271,7 +277,9 @@ class DebugSettings:
                   rank_port: int | None = None) -> DebugSettings:
         return cls(token=token or new_token(), ide_host=spec.host, ide_port=spec.port,
                    rank_port=rank_port, wait_for_client=spec.wait_for_client,
-                   post_mortem_wait=float(spec.post_mortem_wait), trace=spec.trace)
+                   post_mortem_wait=float(spec.post_mortem_wait), trace=spec.trace,
+                   code_server=spec.code_server, code_server_port=spec.code_server_port,
+                   extensions=tuple(os.path.abspath(e) for e in spec.extensions))
 
     def to_env(self) -> dict[str, str]:
         return {
@@ -284,7 +292,16 @@ class DebugSettings:
             ev.FI_DIST_POST_MORTEM_WAIT: seconds(self.post_mortem_wait),
             ev.FI_DIST_DEBUG_TRACE: self.trace,
             ev.FI_DIST_DEBUG_PG_TIMEOUT: seconds(self.pg_timeout),
-        }
+        } | self._code_server_env()
+
+    def _code_server_env(self) -> dict[str, str]:
+        if not self.code_server:
+            return {}
+        env = {ev.FI_DIST_CODE_SERVER_START: "1",
+               ev.FI_DIST_CODE_SERVER_PORT: str(self.code_server_port)}
+        if self.extensions:
+            env[ev.FI_DIST_VSIX] = os.pathsep.join(self.extensions)
+        return env
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DebugSettings | None:
@@ -315,6 +332,9 @@ class DebugSettings:
             post_mortem_wait=r.number(ev.FI_DIST_POST_MORTEM_WAIT, _DEBUG.post_mortem_wait),
             trace=trace,
             pg_timeout=r.number(ev.FI_DIST_DEBUG_PG_TIMEOUT, DEFAULT_PG_TIMEOUT, minimum=1.0),
+            code_server=r.boolean(ev.FI_DIST_CODE_SERVER_START),
+            code_server_port=r.port(ev.FI_DIST_CODE_SERVER_PORT, _DEBUG.code_server_port),
+            extensions=tuple(p for p in (r.raw(ev.FI_DIST_VSIX) or "").split(os.pathsep) if p),
         )
 
 

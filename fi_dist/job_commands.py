@@ -176,10 +176,10 @@ def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None)
         print(token_note(attachment, None), file=sys.stderr)
         attachment.close()
         return 0
-    from fi_dist.launchjson import LaunchJsonError, write_configuration
+    from fi_dist.launchjson import LaunchJsonError, attach_configurations, write_configurations
 
     try:
-        path = write_configuration(Path.cwd(), config)
+        path = write_configurations(Path.cwd(), attach_configurations(config))
     except (LaunchJsonError, OSError) as exc:  # the file is named and left as it was
         attachment.close()
         raise LauncherError(str(exc)) from None
@@ -187,8 +187,9 @@ def cmd_attach(args: argparse.Namespace, wait: Callable[[], None] | None = None)
     where = (f"forwarding 127.0.0.1:{attachment.forward.local_port} -> the hub of {job}; "
              if attachment.forward is not None else "")
     print(f"fi-dist: {where}'{config['name']}' written to {path}; start it in VSCode's Run "
-          "and Debug view." + (" Ctrl-C ends the forward." if attachment.forward else ""),
-          file=sys.stderr)
+          "and Debug view (it needs the fi-dist extension: `fi-dist vscode install`; with "
+          "only Microsoft's Python Debugger use the '(Python Debugger)' one)."
+          + (" Ctrl-C ends the forward." if attachment.forward else ""), file=sys.stderr)
     if attachment.forward is None:
         return 0
     try:

@@ -29,7 +29,13 @@ from fi_dist.rundir import write_text_atomic
 
 ATTACH_CONFIG_NAME = "fi-dist: attach all ranks"
 """The configuration that attaches to the hub (every rank); written by the hub and
-``fi-dist attach JOB``, replaced on every run."""
+``fi-dist attach JOB``, replaced on every run. Its type is ``fi-dist``: the fi-dist
+VSCode extension's debugger, whose adapter is the hub (no other extension needed)."""
+DEBUGPY_CONFIG_NAME = "fi-dist: attach all ranks (Python Debugger)"
+"""The same attach with type ``debugpy``, for a VSCode that has Microsoft's Python
+Debugger extension and not fi-dist's."""
+DEBUG_TYPE = "fi-dist"
+"""The fi-dist extension's debug type (fi_dist/editor/extension/package.json)."""
 TOKEN_KEY = "fiDistToken"
 """The attach argument carrying the job token: a launch.json holding it is kept 0600."""
 PRIVATE_MODE = 0o600
@@ -40,13 +46,24 @@ class LaunchJsonError(FiDistError):
 
 
 def attach_config(host: str, port: int, token: str) -> dict[str, Any]:
-    """The VSCode/debugpy attach configuration that reaches every rank through the hub.
+    """The VSCode attach configuration that reaches every rank through the hub.
 
     VSCode sends a configuration's fields as the ``attach`` arguments, so the token
     travels as ``fiDistToken``; ``justMyCode: false`` lets a user step into torch.
     """
-    return {"name": ATTACH_CONFIG_NAME, "type": "debugpy", "request": "attach",
+    return {"name": ATTACH_CONFIG_NAME, "type": DEBUG_TYPE, "request": "attach",
             "connect": {"host": host, "port": port}, "justMyCode": False, TOKEN_KEY: token}
+
+
+def debugpy_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` for Microsoft's Python Debugger (type ``debugpy``): the hub answers it
+    as debugpy's own adapter would."""
+    return {**config, "name": DEBUGPY_CONFIG_NAME, "type": "debugpy"}
+
+
+def attach_configurations(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """What goes into launch.json for one attach: the fi-dist type, then the debugpy one."""
+    return [config, debugpy_config(config)]
 
 
 def launch_json_path(folder: Path) -> Path:
@@ -55,7 +72,13 @@ def launch_json_path(folder: Path) -> Path:
 
 
 def write_configuration(folder: Path, config: dict[str, Any]) -> Path:
-    """Insert or replace ``config`` (by ``name``) in ``folder``'s launch.json; returns its path.
+    """:func:`write_configurations` of one configuration."""
+    return write_configurations(folder, [config])
+
+
+def write_configurations(folder: Path, configs: list[dict[str, Any]]) -> Path:
+    """Insert or replace ``configs`` (each by ``name``) in ``folder``'s launch.json, in
+    one write; returns its path.
 
     The file is written atomically. A new file is created 0600; an existing one keeps
     its mode, tightened to at most 0600 once it holds a job token. A symlinked
@@ -76,10 +99,13 @@ def write_configuration(folder: Path, config: dict[str, Any]) -> Path:
         old_mode, raw = None, b""
     try:
         text = raw.decode("utf-8")
-        new = upsert(text, config)
+        new = text
+        for config in configs:
+            new = upsert(new, config)
     except (LaunchJsonError, UnicodeDecodeError) as exc:
+        names = ", ".join(repr(c.get("name")) for c in configs)
         raise LaunchJsonError(f"{path}: {exc}; the file was left unchanged (fix it, or add "
-                              f"the configuration {config.get('name')!r} by hand)") from None
+                              f"the configuration {names} by hand)") from None
     if old_mode is None:
         mode = PRIVATE_MODE
     elif _holds_token(new):

@@ -40,6 +40,8 @@ PRIVATE_DIR_MODE = 0o700
 GITIGNORE_TEXT = "# written by fi-dist: run state, logs and the job token stay out of git\n*\n"
 DEBUG_FILE = "debug.json"
 """In a run directory: the hub's attach configuration and rank port (holds the token)."""
+EDITOR_FILE = "editor.json"
+"""In a run directory: node 0's code-server URL and the path of its password file."""
 
 
 def write_json(path: Path, data: dict[str, Any], mode: int | None = None) -> None:
@@ -192,6 +194,15 @@ class RunDir:
     @property
     def debug_file(self) -> Path:
         return self.path / DEBUG_FILE
+
+    @property
+    def editor_file(self) -> Path:
+        """Where node 0 says where its code-server is (URL, the password file's path)."""
+        return self.path / EDITOR_FILE
+
+    def editor(self) -> dict[str, Any] | None:
+        """The job's code-server (``fi-dist run --code-server``), or None."""
+        return read_json(self.editor_file)
 
     def debug_config(self) -> dict[str, Any] | None:
         """The attach configuration the job's hub published, or None before it is up."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fi_dist.errors import ConfigError
@@ -53,9 +54,26 @@ class DebugSpec:
     trace: str = "lazy"
     """When ranks start pydevd's tracing: ``lazy`` (once a breakpoint, exception filter or
     pause needs it; no cost before) or ``eager`` (from the first line, as debugpy does)."""
+    code_server: bool = False
+    """Start code-server (VSCode in the browser) on node 0 beside the hub, with the fi-dist
+    extension installed offline; its URL and password file are printed (docs/debug.md)."""
+    code_server_port: int = 8080
+    """code-server's port on node 0's 127.0.0.1 (0: a free one)."""
+    extensions: list[str] = field(default_factory=list)
+    """More ``.vsix`` files to install into that code-server (offline, from these paths)."""
 
     def __post_init__(self) -> None:
         _check_port("debug.port", self.port, allow_zero=True)
+        _check_port("debug.code_server_port", self.code_server_port, allow_zero=True)
+        if isinstance(self.extensions, str) or not all(
+                isinstance(e, str) for e in self.extensions):
+            raise ConfigError(f"debug.extensions must be a list of .vsix paths, got "
+                              f"{self.extensions!r}")
+        self.extensions = list(self.extensions)
+        for ext in self.extensions:
+            if not ext.endswith(".vsix") or not Path(ext).is_file():
+                raise ConfigError(f"debug.extensions: {ext!r} is not a .vsix file here "
+                                  "(give the path of a VSCode extension package)")
         _check_non_negative("debug.post_mortem_wait", self.post_mortem_wait)
         if self.trace not in ("lazy", "eager"):
             raise ConfigError(f"debug.trace must be 'lazy' or 'eager', got {self.trace!r}")

@@ -30,7 +30,7 @@ from pathlib import Path
 from fi_dist import rundir
 from fi_dist.console import PlainView
 from fi_dist.contract import rank_command
-from fi_dist.errors import LauncherError
+from fi_dist.errors import ConfigError, LauncherError
 from fi_dist.hang.report import Report
 from fi_dist.launcher import (
     Attachment,
@@ -53,6 +53,11 @@ class RayLauncher(Launcher):
         self.cwd = cwd or Path.cwd()
 
     def dryrun(self, spec: JobSpec) -> DryRun:
+        if spec.debug.code_server:
+            # code-server runs beside the hub in node 0's agent; Ray ranks have none.
+            raise ConfigError("--code-server needs node agents (--launcher local or "
+                              "pytorchjob); on Ray, attach a desktop VSCode with the fi-dist "
+                              "extension (`fi-dist vscode install`) to the hub instead")
         req = plan(spec)
         doc = {
             "launcher": "ray",

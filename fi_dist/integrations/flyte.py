@@ -86,6 +86,9 @@ class InteractiveConfig:
     """Where rank 0's code-server listens: loopback (reach it by port-forward) or
     ``0.0.0.0`` for the Flyte console's link, whose proxy reaches the pod's IP; then its
     password is the job token."""
+    extensions: Sequence[str] = ()
+    """More VSCode extensions for rank 0's code-server, as local ``.vsix`` files (installed
+    offline with the fi-dist extension, which is always there)."""
     idle_spec: IdleSpec = field(init=False, repr=False)
     """The culler's settings, validated from ``max_idle_seconds`` and ``idle``."""
 
@@ -124,6 +127,15 @@ class InteractiveConfig:
                 raise ValueError(f"interactive_pytorch({name}=...): must be callable")
         if self.max_restarts < 0:
             raise ValueError(f"interactive_pytorch(max_restarts={self.max_restarts}): must be >= 0")
+        if isinstance(self.extensions, str):
+            raise ValueError(f"interactive_pytorch(extensions={self.extensions!r}): must be a "
+                             "list of .vsix paths")
+        paths = [str(Path(e).resolve()) for e in self.extensions]
+        for given, path in zip(self.extensions, paths, strict=True):
+            if not path.endswith(".vsix") or not Path(path).is_file():
+                raise ValueError(f"interactive_pytorch(extensions=[..., {given!r}]): not a "
+                                 ".vsix file (give the path of a VSCode extension package)")
+        self.extensions = tuple(paths)
 
     def enabled(self) -> bool:
         switch = os.environ.get(ev.FI_DIST_INTERACTIVE)

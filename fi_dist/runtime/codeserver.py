@@ -8,6 +8,12 @@ serves a local VSCode through a port-forward of the hub port.
 
 Installation is ``scripts/install_code_server.sh`` (npm, pinned version, no GitHub
 downloads) into ``.tools/code-server``; ``FI_DIST_CODE_SERVER`` names another binary.
+
+Before it starts, the fi-dist VSCode extension shipped in the package
+(:mod:`fi_dist.editor`) and any ``.vsix`` the user named are installed with code-server's
+own ``--install-extension``, from the files: no marketplace, no network. The extension
+brings the ``fi-dist`` debug type (its adapter is the debug hub) and the Ranks view, so
+"fi-dist: attach all ranks" works in the browser without Microsoft's Python extension.
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fi_dist import editor, rundir
 from fi_dist import env_vars as ev
+from fi_dist.contract import DebugSettings
+from fi_dist.launchjson import ATTACH_CONFIG_NAME, PRIVATE_MODE
 
 log = logging.getLogger("fi_dist.codeserver")
 
@@ -79,6 +88,8 @@ class CodeServerConfig:
     """Bind address; loopback unless asked (reach it through a port-forward)."""
     extra_args: list[str] = field(default_factory=list)
     """More code-server flags."""
+    extensions: list[Path] = field(default_factory=list)
+    """``.vsix`` files installed (offline, ``--install-extension``) before it starts."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -118,22 +129,53 @@ class CodeServer:
     def url(self) -> str:
         return f"http://{self.cfg.host}:{self.port}/"
 
-    def start(self, timeout: float = 60.0) -> CodeServer:
-        """Start it and wait until ``/healthz`` answers.
+    def _env(self) -> dict[str, str]:
+        state = self.cfg.state_dir
+        env = dict(os.environ, PASSWORD=self.cfg.password,
+                   XDG_CONFIG_HOME=str(state / "config"), XDG_DATA_HOME=str(state / "data"))
+        env.pop("HASHED_PASSWORD", None)
+        return env
+
+    @property
+    def extensions_dir(self) -> Path:
+        return Path(os.environ.get(ev.FI_DIST_CODE_SERVER_EXTENSIONS)
+                    or self.cfg.state_dir / "extensions")
+
+    def install_extensions(self, timeout: float = 180.0) -> None:
+        """Install ``cfg.extensions`` with code-server's ``--install-extension`` (offline).
 
         Raises:
-            RuntimeError: it exited or did not answer within ``timeout`` (its log is named).
+            RuntimeError: code-server refused one (its output says which and why).
+        """
+        if not self.cfg.extensions:
+            return
+        cmd = [str(self.binary), "--extensions-dir", str(self.extensions_dir),
+               "--user-data-dir", str(self.cfg.state_dir / "user-data")]
+        for vsix in self.cfg.extensions:
+            cmd += ["--install-extension", str(vsix)]
+        out = subprocess.run([*cmd, "--force"], env=self._env(), capture_output=True,
+                             text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        text = (out.stdout + out.stderr).strip()
+        if out.returncode != 0 or "Failed" in text:
+            raise RuntimeError(f"code-server could not install {', '.join(map(str, self.cfg.extensions))}: "
+                               f"{text[-2000:]}")
+
+    def start(self, timeout: float = 60.0) -> CodeServer:
+        """Install its extensions, start it and wait until ``/healthz`` answers.
+
+        Raises:
+            RuntimeError: it exited or did not answer within ``timeout`` (its log is named),
+                or an extension could not be installed.
         """
         state = self.cfg.state_dir
         for sub in ("user-data", "extensions", "config", "data"):
             (state / sub).mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PASSWORD=self.cfg.password,
-                   XDG_CONFIG_HOME=str(state / "config"), XDG_DATA_HOME=str(state / "data"))
-        env.pop("HASHED_PASSWORD", None)
+        _default_settings(state / "user-data" / "User" / "settings.json")
+        self.install_extensions()
+        env = self._env()
         cmd = [str(self.binary), "--bind-addr", f"{self.cfg.host}:{self.port}",
                "--auth", "password", "--user-data-dir", str(state / "user-data"),
-               "--extensions-dir", os.environ.get(ev.FI_DIST_CODE_SERVER_EXTENSIONS)
-               or str(state / "extensions"), "--disable-telemetry",
+               "--extensions-dir", str(self.extensions_dir), "--disable-telemetry",
                "--disable-update-check", "--disable-workspace-trust",
                *self.cfg.extra_args, str(self.cfg.folder)]
         log_path = state / "code-server.log"
@@ -203,6 +245,61 @@ class CodeServer:
             proc.wait()
 
 
+SETTINGS = {
+    "workbench.startupEditor": "none",
+    "workbench.tips.enabled": False,
+    "workbench.enableExperiments": False,
+    "telemetry.telemetryLevel": "off",
+    "extensions.autoCheckUpdates": False,
+    "extensions.autoUpdate": False,
+    "extensions.ignoreRecommendations": True,
+    "update.mode": "none",
+    "security.workspace.trust.enabled": False,
+}
+"""User settings of a fresh code-server: nothing that needs the network or hides the
+workbench behind a welcome page (a pod has neither marketplace nor internet)."""
+
+
+def _default_settings(path: Path) -> None:
+    # Only a fresh state directory gets them: a user's own settings stay theirs.
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(SETTINGS, indent=2) + "\n")
+
+
+def workspace_password(state: Path) -> str:
+    """code-server's password, kept (0600) in ``state`` across restarts of the job, so a
+    browser logged in before a resume stays in."""
+    path = state / "password"
+    with contextlib.suppress(OSError):
+        rundir.tighten(path, PRIVATE_MODE)  # a file from before fi-dist set modes
+        if password := path.read_text().strip():
+            return password
+    import secrets
+
+    password = secrets.token_hex(16)
+    rundir.write_text_atomic(path, password, PRIVATE_MODE)
+    return password
+
+
+def workspace_config(folder: Path, port: int, extensions: Sequence[str | Path] = (),
+                     host: str = "127.0.0.1", password: str | None = None
+                     ) -> CodeServerConfig:
+    """How fi-dist runs code-server for the project in ``folder``: state under
+    ``folder/.fi-dist/code-server`` (0700), its password there (unless ``password``), the
+    fi-dist extension (when built) plus ``extensions``, listening on ``host``."""
+    state = rundir.private_dir(rundir.ensure_root(folder) / "code-server")
+    vsix: list[Path] = []
+    try:
+        vsix.append(editor.vsix_path())
+    except editor.MissingVsixError as exc:
+        print(f"fi-dist: {exc}; code-server starts without it", file=sys.stderr, flush=True)
+    vsix += [Path(e) for e in extensions]
+    return CodeServerConfig(folder=folder, state_dir=state,
+                            password=password or workspace_password(state), port=port,
+                            host=host, extensions=vsix)
+
+
 def start(cfg: CodeServerConfig, binary: Path | None = None, timeout: float = 60.0
           ) -> CodeServer | None:
     """Start code-server, or None (with the reason on stderr) when it is not installed."""
@@ -211,3 +308,55 @@ def start(cfg: CodeServerConfig, binary: Path | None = None, timeout: float = 60
         print(f"fi-dist: {missing_message()}", file=sys.stderr, flush=True)
         return None
     return CodeServer(cfg, binary).start(timeout)
+
+
+def start_beside_hub(debug: DebugSettings, folder: Path, run_dir: str | None
+                     ) -> CodeServer | None:
+    """code-server for a ``fi-dist run --debug --code-server`` job (node 0's agent).
+
+    Says where it is and how to attach, and leaves ``editor.json`` (URL and the password
+    file's path, not the password) in the run directory. None when it is not installed
+    or did not start (the job runs on; desktop VSCode can still attach).
+    """
+    try:
+        cfg = workspace_config(folder, debug.code_server_port, debug.extensions)
+        server = start(cfg)
+    except RuntimeError as exc:
+        print(f"fi-dist: code-server did not start: {exc}", file=sys.stderr, flush=True)
+        return None
+    if server is None:
+        return None
+    password_file = cfg.state_dir / "password"
+    if run_dir:
+        rundir.write_json(rundir.RunDir(Path(run_dir)).editor_file,
+                          {"url": server.url, "password_file": str(password_file),
+                           "folder": str(folder)})
+    print(f"fi-dist: browser IDE (code-server + the fi-dist extension) on {server.url} "
+          f"(password in {password_file}); there, or in desktop VSCode after `fi-dist vscode "
+          f"install`: Run and Debug -> '{ATTACH_CONFIG_NAME}'", flush=True)
+    return server
+
+
+class Background:
+    """:func:`start_beside_hub` on a thread of its own, so the job's ranks start meanwhile.
+
+    The thread that starts code-server lives until :meth:`stop`: code-server's
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked it ends, not the process.
+    """
+
+    def __init__(self, debug: DebugSettings, folder: Path, run_dir: str | None) -> None:
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(debug, folder, run_dir),
+                                        name="fi-dist-code-server", daemon=True)
+        self._thread.start()
+
+    def _run(self, debug: DebugSettings, folder: Path, run_dir: str | None) -> None:
+        server = start_beside_hub(debug, folder, run_dir)
+        self._done.wait()
+        if server is not None:
+            server.stop()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop code-server (once it is up, if it is still starting)."""
+        self._done.set()
+        self._thread.join(timeout)

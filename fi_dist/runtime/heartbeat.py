@@ -9,15 +9,22 @@ pauses) and who watches it from outside (``fi-dist status``, the idle culler):
 * ``checkpoint``: a long save or load in progress (bytes, total, MiB/s; see
   :mod:`fi_dist.runtime.checkpoint.progress`).
 
+The rank's own ending (:meth:`Heartbeat.finish`: ``failed`` with its error, or
+``exited``) is final: no later state (a debugger's "running" after a continue, which
+arrives through another thread) overwrites it, so the launcher's root-cause summary
+always reads the rank's own failure record.
+
 Writes are throttled (at most one per ``min_interval`` seconds per field kind) so the
 training loop pays a clock read per step, not a file write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +42,16 @@ class Heartbeat:
         self.min_interval = min_interval
         self._last_write: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._final = False
+        self._listeners: list[Callable[[str], object]] = []
 
     def _write(self, kind: str, force: bool, **fields: Any) -> None:
         if self.run_dir is None:
             return
         now = time.monotonic()
         with self._lock:
+            if kind == "state" and self._final:
+                return  # the rank's own ending stays: never overwritten by a later state
             if not force and now - self._last_write.get(kind, -1e9) < self.min_interval:
                 return
             self._last_write[kind] = now
@@ -58,9 +69,38 @@ class Heartbeat:
         """Progress of a long checkpoint save or load (the closing one is always written)."""
         self._write("checkpoint", final, checkpoint=progress)
 
-    def state(self, state: str, **extra: Any) -> None:
-        """A state change (always written)."""
+    def state(self, state: str, *, quiet: bool = False, **extra: Any) -> None:
+        """A state change (always written, unless the rank already ended).
+
+        Args:
+            quiet: do not tell the listeners (the state came from the debug hub itself).
+        """
+        if self._final:
+            return
         self._write("state", True, state=state, **extra)
+        if not quiet:
+            self._tell(state)
+
+    def finish(self, state: str, **fields: Any) -> None:
+        """The rank ends (``failed`` or ``exited``): written once, never overwritten."""
+        with self._lock:
+            final, self._final = self._final, True
+        if final:
+            return
+        if self.run_dir is not None:
+            with self._lock:
+                self.run_dir.write_rank(self.rank, state=state, **fields)
+        code = fields.get("exitcode")
+        self._tell(f"exited {code}" if code is not None else state)
+
+    def listen(self, callback: Callable[[str], object]) -> None:
+        """Call ``callback(state)`` on every state this rank reports (the debug agent)."""
+        self._listeners.append(callback)
+
+    def _tell(self, state: str) -> None:
+        for callback in list(self._listeners):
+            with contextlib.suppress(Exception):  # a listener must never fail the rank
+                callback(state)
 
 
 _current: Heartbeat | None = None

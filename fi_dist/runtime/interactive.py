@@ -283,14 +283,15 @@ class Session:
     def _start_code_server(self) -> None:
         from fi_dist.runtime import codeserver
 
-        state = rundir.private_dir(rundir.ensure_root(self.root) / "code-server")
         host = self.cfg.bind_address
         # Beyond loopback (the Flyte console's link goes through a proxy to the pod's IP)
         # nobody there can read the session file: the login is the job token, which the
         # user has (the Secret they made) and which already grants everything it would.
-        password = self._password(state) if host.startswith("127.") else self.token
-        cfg = codeserver.CodeServerConfig(folder=self.root, state_dir=state, password=password,
-                                          port=self.cfg.port, host=host)
+        # The fi-dist extension (debug type fi-dist, Ranks view) and the user's .vsix
+        # files are installed offline from the package and the given paths.
+        cfg = codeserver.workspace_config(
+            self.root, self.cfg.port, self.cfg.extensions, host=host,
+            password=None if host.startswith("127.") else self.token)
         try:
             binary = Path(self.cfg.code_server) if self.cfg.code_server else None
             self.code_server = codeserver.start(cfg, binary)
@@ -304,17 +305,6 @@ class Session:
             print(f"fi-dist: code-server on {self.code_server.url} ({where})",
                   file=sys.stderr, flush=True)
             self._write_session()
-
-    def _password(self, state: Path) -> str:
-        # Kept across restarts of rank 0, so a browser logged in before a resume stays in.
-        path = state / "password"
-        with contextlib.suppress(OSError):
-            rundir.tighten(path, PRIVATE_MODE)  # a file from before fi-dist set modes
-            if password := path.read_text().strip():
-                return password
-        password = contract.new_token()
-        rundir.write_text_atomic(path, password, PRIVATE_MODE)
-        return password
 
     def _code_server_on_failure(self) -> None:
         while True:
@@ -394,6 +384,12 @@ class Session:
         if self.debugged:
             import debugpy
 
+            from fi_dist.runtime.debug import agent
+
+            rank_agent = agent.current()
+            if rank_agent is not None:  # the hub's Ranks view and status say post-mortem
+                rank_agent.send({"event": "post-mortem", "error_type": type(exc).__name__,
+                                 "error": f"{type(exc).__name__}: {exc}"})
             if debugpy.is_client_connected():
                 connected = True
                 debugpy.trigger_exception_handler(exc, as_uncaught=True)

@@ -127,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         from fi_dist.runtime.debug import hub_process
 
         hub = hub_process.start(job.debug, node.node_addr, job.run_dir)
+    ide = None
+    if hub is not None and job.debug is not None and job.debug.code_server:
+        from fi_dist.runtime import codeserver  # the browser IDE beside the hub
+
+        ide = codeserver.Background(job.debug, Path.cwd(), job.run_dir)
     try:
         elastic_launch(config=config, entrypoint=cmd)(*cmd_args)
     except ChildFailedError as exc:
@@ -138,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 128 + int(sigval) if sigval is not None else 1
     finally:
         launched.set()
+        if ide is not None:
+            ide.stop()
         if hub is not None:
             hub.stop()
     result["exitcode"] = code

@@ -18,13 +18,14 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from fi_dist import contract
 from fi_dist import env_vars as ev
 from fi_dist.contract import MODULE_FLAG, NO_PYTHON_FLAG, LauncherKind
 from fi_dist.rundir import RunDir
-from fi_dist.runtime import hang
+from fi_dist.runtime import hang, heartbeat
 from fi_dist.runtime.environment import RankEnvironment
 
 _PR_SET_PDEATHSIG = 1
@@ -170,19 +171,27 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         code = _exit_code(exc)
     except BaseException as exc:
-        if debug is not None and not isinstance(exc, KeyboardInterrupt):
+        debugged = debug is not None and not isinstance(exc, KeyboardInterrupt)
+        if debug is not None and debugged:
             rank_hook.post_mortem(exc, debug)
         _record_error(exc)
-        if state:
-            state.write_rank(env.rank, state="failed", exitcode=1,
-                             error=f"{type(exc).__name__}: {exc}", ended=time.time())
+        # Final: a debugger state arriving later never overwrites it (the root cause).
+        heartbeat.current().finish("failed", exitcode=1, error=f"{type(exc).__name__}: {exc}",
+                                   ended=time.time())
         if doctor:
             doctor.ended(1, failed=True)
+        if debugged:
+            # Re-raised through pydevd's traced frames the exception would stop a second
+            # time as "uncaught" after the post-mortem's continue: end as Python would.
+            traceback.print_exception(exc)
+            rank_hook.exiting(1)
+            return 1
         raise
     if doctor:
         doctor.ended(code, failed=False)
-    if state:
-        state.write_rank(env.rank, state="exited", exitcode=code, ended=time.time())
+    heartbeat.current().finish("exited", exitcode=code, ended=time.time())
+    if debug is not None:
+        rank_hook.exiting(code)
     return code
 
 

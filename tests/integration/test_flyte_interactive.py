@@ -58,9 +58,11 @@ def _kinds(procs: dict[int, str]) -> dict[str, set[int]]:
             out["hub"].add(pid)
         elif "debugpy" in cmd:
             out["debugpy"].add(pid)
-        # code-server's node processes fork more of themselves: count the top ones.
-        elif "code-server" in cmd and not any("code-server" in procs.get(pp, "")
-                                               for pp in _parent_of(pid)):
+        # code-server's node processes fork more of themselves: count the top ones. Its
+        # short `--install-extension` run (the fi-dist extension, before it starts) is no
+        # server.
+        elif ("code-server" in cmd and "--install-extension" not in cmd
+              and not any("code-server" in procs.get(pp, "") for pp in _parent_of(pid))):
             out["code-server"].add(pid)
     return out
 

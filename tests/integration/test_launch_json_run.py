@@ -10,7 +10,7 @@ from pathlib import Path
 import json5
 import pytest
 
-from fi_dist.launchjson import ATTACH_CONFIG_NAME
+from fi_dist.launchjson import ATTACH_CONFIG_NAME, DEBUGPY_CONFIG_NAME
 from tests.support.cli import fi_dist_cmd
 
 pytestmark = pytest.mark.timeout(240)
@@ -49,7 +49,9 @@ def test_debug_run_keeps_the_users_launch_json(tmp_path: Path) -> None:
     assert text.startswith(head + "        },\n        {\n")  # the user's part, byte for byte
     assert text.endswith("        },\n" + tail)  # ours, then the user's trailing comma
     configs = json5.loads(text)["configurations"]
-    assert [c["name"] for c in configs] == ["train locally", ATTACH_CONFIG_NAME]
+    assert [c["name"] for c in configs] == ["train locally", ATTACH_CONFIG_NAME,
+                                            DEBUGPY_CONFIG_NAME]
+    assert [c["type"] for c in configs] == ["debugpy", "fi-dist", "debugpy"]
     run_id = (tmp_path / ".fi-dist" / "current").read_text().strip()
     debug = tmp_path / ".fi-dist" / "runs" / run_id / "debug.json"
     assert configs[1] == json.loads(debug.read_text())["config"]  # what attach --print shows

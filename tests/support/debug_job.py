@@ -184,7 +184,10 @@ class DebugJob:
 LIGHT_RANK = '''\
 """A light debuggee: one rank's debug runtime (debugpy + hub agent) without torch work."""
 import os
+import select
 import time
+import types
+import warnings
 
 from fi_dist import contract
 from fi_dist.runtime.debug import agent
@@ -198,7 +201,18 @@ def work(i):
     return x
 
 
+def _noisy_attr(name):
+    warnings.warn(f"noisy.{name} is deprecated", FutureWarning, stacklevel=2)
+    return 1
+
+
+noisy = types.ModuleType("noisy")  # every attribute warns, like torch.distributed's
+noisy.__getattr__ = _noisy_attr
+noisy.__dir__ = lambda: ["alpha", "beta"]
+
 LAST = int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1
+if os.environ.get("LIGHT_BLOCK") and not LAST:
+    select.select([], [], [], 3600)  # LIGHT-BLOCK-LINE: in native code, like a collective
 i = 0
 while True:
     i = work(i) % 1000 + 1
@@ -267,18 +281,20 @@ class StandaloneHub:
 
     def start_ranks(self, world: int, per_node: int = 4, rank_port: int | None = None,
                     master_addr: str = "127.0.0.1",
-                    wrap: Callable[[int], list[str]] | None = None) -> None:
+                    wrap: Callable[[int], list[str]] | None = None,
+                    env: dict[str, str] | None = None) -> None:
         """``world`` light ranks dialling the hub (or ``rank_port``, e.g. a fake hub's).
 
-        ``wrap(node)``: a command node ``node``'s ranks run under (its namespace).
+        ``wrap(node)``: a command node ``node``'s ranks run under (its namespace);
+        ``env``: more variables (``LIGHT_BLOCK=1``: all but the last sit in native code).
         """
         per_node = min(per_node, world)
         for r in range(world):
-            env = light_rank_env(r, world, per_node, rank_port or self.rank_port, self.token,
-                                 master_addr)
+            env_r = {**light_rank_env(r, world, per_node, rank_port or self.rank_port,
+                                      self.token, master_addr), **(env or {})}
             prefix = wrap(r // per_node) if wrap is not None else []
             self.ranks.append(subprocess.Popen([*prefix, sys.executable, str(self.script)],
-                                               env=env,
+                                               env=env_r,
                                                cwd=self.workdir, stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL))
 

@@ -28,6 +28,7 @@ from fi_dist.runtime.debug.breakall import (
     Pause,
     PauseFailed,
     PauseOverdue,
+    PostMortem,
     Rank,
     RankGone,
     RankState,
@@ -37,11 +38,15 @@ from fi_dist.runtime.debug.breakall import (
     SessionConfigured,
     ShowBlocked,
     Stopped,
+    View,
     continue_targets,
     forwards_continue,
+    job_stopped,
+    job_summary,
     pause_targets,
     retry_delay,
     step,
+    view,
 )
 
 RUNNING, PAUSING, BLOCKED, STOPPED, EXITED = (RankState.RUNNING, RankState.PAUSING,
@@ -68,6 +73,7 @@ def sent_pause(epoch: int) -> tuple:
 
 
 RUNNING_NOTE = Notify("running")
+PM = "post-mortem: ValueError"
 
 ROWS = [
     # --- stops -----------------------------------------------------------------------
@@ -242,6 +248,27 @@ ROWS = [
     pytest.param(rank(PAUSING, owed=True), RankGone(), rank(EXITED), (Gone(PAUSING),),
                  id="rank gone with a pause owed"),
     pytest.param(rank(EXITED), RankGone(), rank(EXITED), (), id="rank gone twice"),
+    # --- post-mortem: the rank's own uncaught exception ---------------------------------
+    pytest.param(rank(), PostMortem(PM), rank(post_mortem=PM), (Notify(PM),),
+                 id="post-mortem announced before its stop"),
+    pytest.param(rank(post_mortem=PM), Stopped("exception", 1.0),
+                 rank(STOPPED, epoch=1, post_mortem=PM), first_stop(1),
+                 id="the post-mortem stop keeps the flag and pauses the others"),
+    pytest.param(rank(STOPPED, epoch=1), PostMortem(PM),
+                 rank(STOPPED, epoch=1, post_mortem=PM), (Notify(PM),),
+                 id="post-mortem announced just after its stop (other socket)"),
+    pytest.param(rank(STOPPED, epoch=2, post_mortem=PM), Located(2, "train.py:42"),
+                 rank(STOPPED, epoch=2, post_mortem=PM),
+                 (Notify(f"{PM} at train.py:42"),),
+                 id="located: the state line still says post-mortem, not paused at"),
+    pytest.param(rank(STOPPED, epoch=2, post_mortem=PM), Continue(9.0), rank(epoch=2),
+                 (Do.RESUMED, Do.DAP_CONTINUE, RUNNING_NOTE),
+                 id="continue lets the exception go on: flag dropped"),
+    pytest.param(rank(STOPPED, epoch=2, post_mortem=PM), ClientGone(9.0), rank(epoch=2),
+                 (Do.DETACH, RUNNING_NOTE, Do.RESUMED),
+                 id="client gone during post-mortem: flag dropped"),
+    pytest.param(rank(EXITED), PostMortem(PM), rank(EXITED), (),
+                 id="post-mortem of an exited rank is ignored"),
 ]
 
 
@@ -255,7 +282,7 @@ EVENTS = [Stopped("pause", 1.0), Stopped("breakpoint", 1.0), Continued(), Pause(
           Pause(False), PauseOverdue(1, 0), PauseOverdue(1, 3), Blocked(1, SUMMARY, STACK),
           PauseFailed(True), PauseFailed(False), Hold(1.0), Release(), Continue(1.0),
           Resume(), ChildPause(), SessionConfigured(), RecordStop(1), Located(1, "f.py:1"),
-          ClientGone(1.0), RankGone()]
+          ClientGone(1.0), RankGone(), PostMortem(PM)]
 STATES = [Rank(s, held=h, owed=o and s in (PAUSING, BLOCKED), cancelled_at=c, epoch=1)
           for s, h, o, c in itertools.product(RankState, (False, True), (False, True),
                                               (None, 0.5))]
@@ -388,3 +415,29 @@ def test_one_break_all_cycle_over_a_job() -> None:
     assert all(Do.DAP_CONTINUE in out[r] for r in (0, 1, 2))
     assert Do.UNPAUSE in out[3] and Do.DAP_CONTINUE not in out[3]
     assert {job[r].state for r in range(4)} == {RUNNING}
+
+
+# --- what the IDE shows (Ranks view, the root session's thread) ------------------------
+@pytest.mark.parametrize(("machine", "shown"), [
+    (Rank(), View.RUNNING),
+    (Rank(held=True), View.WAITING),
+    (Rank(PAUSING), View.PAUSING),
+    (Rank(BLOCKED), View.BLOCKED),
+    (Rank(STOPPED), View.PAUSED),
+    (Rank(STOPPED, post_mortem=PM), View.POST_MORTEM),
+    (Rank(post_mortem=PM), View.POST_MORTEM),
+    (Rank(EXITED, post_mortem=PM), View.EXITED),
+])
+def test_view(machine: Rank, shown: View) -> None:
+    assert view(machine) is shown
+
+
+def test_job_summary_and_stopped() -> None:
+    assert job_summary(JOB) == "8 ranks: 2 running, 1 pausing, 2 paused, 1 blocked, " \
+        "1 waiting, 1 exited"
+    assert job_summary({0: Rank(STOPPED, post_mortem=PM), 1: Rank(STOPPED)}) == \
+        "2 ranks: 1 paused, 1 post-mortem"
+    assert job_summary({0: Rank()}) == "1 rank: 1 running"
+    assert job_summary({}) == "0 ranks"
+    assert job_stopped(JOB)
+    assert not job_stopped({0: Rank(PAUSING), 1: Rank(BLOCKED), 2: Rank()})

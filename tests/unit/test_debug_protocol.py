@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fi_dist.launchjson import ATTACH_CONFIG_NAME, attach_config
+from fi_dist.launchjson import ATTACH_CONFIG_NAME, attach_config, debugpy_config
 from fi_dist.rundir import RunDir
 from fi_dist.runtime.debug import launchjson
 from fi_dist.runtime.debug.protocol import (
@@ -91,8 +91,8 @@ def test_launch_json_keeps_other_configurations(tmp_path: Path) -> None:
     config = attach_config("127.0.0.1", 5999, "tok")
     launchjson.publish(config, tmp_path, tmp_path / "run", rank_port=6000)
     data = json.loads((vscode / "launch.json").read_text())
-    assert data["configurations"] == [other, config]
-    assert config == {"name": "fi-dist: attach all ranks", "type": "debugpy",
+    assert data["configurations"] == [other, config, debugpy_config(config)]
+    assert config == {"name": "fi-dist: attach all ranks", "type": "fi-dist",
                       "request": "attach", "connect": {"host": "127.0.0.1", "port": 5999},
                       "justMyCode": False, "fiDistToken": "tok"}
     assert RunDir(tmp_path / "run").debug_config() == config

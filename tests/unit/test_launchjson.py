@@ -206,6 +206,19 @@ def test_symlinked_launch_json_is_written_through(tmp_path: Path) -> None:
     assert jsonc_configs(real.read_text())[1] == mine()
 
 
+def test_hub_publish_writes_both_types_in_one_write_keeping_the_users_file(
+        tmp_path: Path) -> None:
+    path = write_user_file(tmp_path, USER_FILE)
+    hub_launchjson.publish(mine(), tmp_path, tmp_path / "run", rank_port=1)
+    text = path.read_text()
+    assert text.startswith(USER_HEAD) and text.endswith(USER_TAIL)
+    assert [c["type"] for c in jsonc_configs(text)] == ["debugpy", "fi-dist", "debugpy"]
+    assert jsonc_configs(text)[1:] == launchjson.attach_configurations(mine())
+    hub_launchjson.publish(mine(7000), tmp_path, tmp_path / "run", rank_port=1)  # replaced
+    assert jsonc_configs(path.read_text())[1:] == launchjson.attach_configurations(mine(7000))
+    assert RunDir(tmp_path / "run").debug_config() == mine(7000)
+
+
 def test_hub_publish_warns_and_goes_on_with_a_malformed_file(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write_user_file(tmp_path, "{ not json")
@@ -216,9 +229,14 @@ def test_hub_publish_warns_and_goes_on_with_a_malformed_file(
 
 
 def test_attach_config_has_one_definition() -> None:
-    assert mine() == {"name": "fi-dist: attach all ranks", "type": "debugpy",
+    assert mine() == {"name": "fi-dist: attach all ranks", "type": "fi-dist",
                       "request": "attach", "connect": {"host": "127.0.0.1", "port": 5678},
                       "justMyCode": False, "fiDistToken": "tok"}
+    # The same attach for Microsoft's Python Debugger: only name and type differ.
+    twin = launchjson.debugpy_config(mine())
+    assert twin == {**mine(), "name": "fi-dist: attach all ranks (Python Debugger)",
+                    "type": "debugpy"}
+    assert launchjson.attach_configurations(mine()) == [mine(), twin]
     assert launchjson.TOKEN_KEY in mine()
     import fi_dist.launchers.pytorchjob as pj
 
@@ -261,7 +279,8 @@ def test_fi_dist_attach_job_reports_a_malformed_file_and_exits_2(
         cli.build_parser().parse_args(["attach", "ns:job", "--launcher", "pytorchjob"]),
         wait=lambda: None)
     assert fwd.closed and path.read_text().startswith("// mine\n{\n")
-    assert jsonc_configs(path.read_text()) == [mine(fwd.local_port)]
+    assert jsonc_configs(path.read_text()) == launchjson.attach_configurations(
+        mine(fwd.local_port))
 
 
 def test_shared_core_imports_neither_side() -> None:

@@ -10,7 +10,10 @@ Each rank (``rank_main`` with ``FI_DIST_DEBUG=1``) calls :func:`start`:
 3. on the hub's ``open`` command the agent opens a second (also proven) connection to
    the hub and serves it with this rank's pydevd: the hub speaks DAP through it; on
    ``stack`` it reports the main thread's Python stack (how the hub shows a rank blocked
-   in a collective); on ``state`` it writes the rank's state to the run dir.
+   in a collective); on ``state`` it writes the rank's state to the run dir; on
+   ``peer-failed`` it remembers that another rank failed first (this rank's errors from
+   then on are consequences: post-mortem does not stop on them). States the rank writes
+   itself (waiting in ``fi_dist.breakpoint``, post-mortem, exited N) go to the hub too.
 
 The agent's threads are marked as pydevd's own, so "pause all threads" and
 "suspend all on breakpoint" never stop the relay the debugger itself runs through.
@@ -18,6 +21,7 @@ The agent's threads are marked as pydevd's own, so "pause all threads" and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -25,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from typing import Any
 
 from fi_dist.contract import DebugSettings
@@ -80,6 +85,9 @@ class RankAgent:
         self._chan: SyncChannel | None = None
         self._stop = False
         self._on_resume: list[Any] = []
+        self.peer_failed = threading.Event()
+        """Another rank failed (post-mortem) before this one: set by the hub."""
+        self.peer_failure: dict[str, Any] = {}
 
     # --- control connection -------------------------------------------------------
     def _dial(self, kind: str, **extra: Any) -> tuple[socket.socket, SyncChannel]:
@@ -167,9 +175,13 @@ class RankAgent:
             self.send({"event": "stack", "frames": frames, "summary": describe_stack(frames)})
         elif name == "state":
             extra = {k: v for k, v in cmd.items() if k not in ("cmd", "state")}
-            heartbeat.current().state(str(cmd.get("state")), **extra)
+            heartbeat.current().state(str(cmd.get("state")), quiet=True, **extra)
         elif name == "ping":  # the hub checks that this rank is still reachable
             self.send({"event": "pong"})
+        elif name == "peer-failed":
+            if not self.peer_failed.is_set():
+                self.peer_failure = {"rank": cmd.get("rank"), "error": cmd.get("error")}
+                self.peer_failed.set()
         elif name == "activity":
             heartbeat.current().debug_activity()
         elif name == "pause":
@@ -348,6 +360,41 @@ def _unpause_all_threads() -> None:
         PyDevdAPI().request_resume_thread("*")
 
 
+QUIET_COMMANDS = ("internal_get_completions", "internal_evaluate_expression_json",
+                  "internal_get_variable_json")
+"""pydevd's handlers of completions, evaluate and variables, run with warnings off."""
+
+
+def _quiet_introspection() -> bool:
+    """Run the debugger's completions/evaluate/variables with Python warnings off.
+
+    Completing ``dist.`` walks every attribute of ``torch.distributed``, and many of
+    them warn (deprecations): each warning went to the Debug Console as stderr. The
+    handlers run on the stopped thread while the rank waits, so the filter is on only
+    while they run. False when this pydevd lacks them (nothing changed).
+    """
+    try:
+        from _pydevd_bundle import pydevd_api
+    except ImportError:
+        return False
+    if not all(callable(getattr(pydevd_api, n, None)) for n in QUIET_COMMANDS):
+        return False
+    for name in QUIET_COMMANDS:
+        handler = getattr(pydevd_api, name)
+        if getattr(handler, "__fi_dist_quiet__", False):
+            continue
+
+        @functools.wraps(handler)
+        def quiet(*args: Any, __handler: Any = handler, **kwargs: Any) -> Any:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return __handler(*args, **kwargs)
+
+        quiet.__fi_dist_quiet__ = True  # type: ignore[attr-defined]
+        setattr(pydevd_api, name, quiet)
+    return True
+
+
 _agent: RankAgent | None = None
 
 
@@ -375,10 +422,14 @@ def start(env: RankEnvironment, debug: DebugSettings, hub_host: str | None = Non
     debugpy.configure(subProcess=False)
     link = PydevdLink()
     link.start()  # pydevd, reachable by this agent only (pydevd_link.py)
+    _quiet_introspection()
     if debug.trace == "eager" or not _start_lazy():
         _tracing.set()
     hub = (hub_host or env.master_addr, debug.hub_rank_port)
     _agent = RankAgent(env, hub, debug.token, link)
+    rank_agent = _agent
+    heartbeat.current().listen(lambda state: rank_agent.send({"event": "state",
+                                                              "state": state}))
     debugger_thread(_agent.run, name="fi-dist-debug-agent")
     return _agent
 

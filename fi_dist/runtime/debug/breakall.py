@@ -49,6 +49,8 @@ class RankState(StrEnum):
         PAUSING/BLOCKED/STOPPED --ClientGone--> RUNNING  the DAP disconnect resumes it (a
                                                      pause landing late is dropped too)
         any --RankGone--------------------> EXITED   absorbing: later events change nothing
+        any --PostMortem------------------> (same)   flag: its state line says post-mortem
+                                                     until a continue or the client leaving
 
     Flags that survive a state live beside it in :class:`Rank` (held, pause owed, when
     a pause was cancelled, the epoch that makes old timers stale).
@@ -85,6 +87,9 @@ class Rank:
     """When a pause it never stopped for was taken back (monotonic seconds)."""
     epoch: int = 0
     """Bumped by every pause sent and every stop; timer events of older epochs are stale."""
+    post_mortem: str | None = None
+    """``post-mortem: ValueError`` while the rank stops (or is about to stop) on its own
+    uncaught exception; the state line keeps saying so until the job continues."""
 
 
 # --- events --------------------------------------------------------------------------
@@ -197,9 +202,17 @@ class RankGone:
     """The rank's control link closed (the process exited or was killed)."""
 
 
+@dataclass(frozen=True)
+class PostMortem:
+    """The rank raised and is about to stop at the raising frame (its agent says so)."""
+
+    text: str
+    """``post-mortem: ValueError``."""
+
+
 Event = (Stopped | Continued | Pause | PauseOverdue | Blocked | PauseFailed | Hold | Release
          | Continue | Resume | ChildPause | SessionConfigured | RecordStop | Located
-         | ClientGone | RankGone)
+         | ClientGone | RankGone | PostMortem)
 
 
 # --- actions -------------------------------------------------------------------------
@@ -302,7 +315,8 @@ def step(rank: Rank, event: Event) -> tuple[Rank, tuple[Action, ...]]:
             # The fan-out goes out before the stop is shown: the client should not see
             # the first stop any earlier than the hub starts pausing the rest.
             first = (Do.PAUSE_OTHERS,) if s not in _PAUSED else ()
-            return Rank(RankState.STOPPED, epoch=epoch), (*first, after, Do.SHOW_STOP)
+            return (Rank(RankState.STOPPED, epoch=epoch, post_mortem=rank.post_mortem),
+                    (*first, after, Do.SHOW_STOP))
         case Continued():
             if s is RankState.STOPPED:
                 return replace(rank, state=RankState.RUNNING), (Notify(RUNNING_NOTE),)
@@ -339,7 +353,7 @@ def step(rank: Rank, event: Event) -> tuple[Rank, tuple[Action, ...]]:
             return replace(rank, held=False), ()
         case Continue(now=now):
             if s is RankState.STOPPED:
-                return (replace(rank, state=RankState.RUNNING),
+                return (replace(rank, state=RankState.RUNNING, post_mortem=None),
                         (Do.RESUMED, Do.DAP_CONTINUE, Notify(RUNNING_NOTE)))
             if s in _PAUSED:
                 return (replace(rank, state=RankState.RUNNING, owed=False, cancelled_at=now),
@@ -360,18 +374,24 @@ def step(rank: Rank, event: Event) -> tuple[Rank, tuple[Action, ...]]:
                 return rank, (AskWhere(epoch),)
         case Located(epoch=epoch, where=where):
             if s is RankState.STOPPED and epoch == rank.epoch:
-                return rank, (Notify(f"paused at {where}"),)
+                # A post-mortem stop keeps saying what it is (fi-dist status, Ranks view).
+                text = (f"{rank.post_mortem} at {where}" if rank.post_mortem
+                        else f"paused at {where}")
+                return rank, (Notify(text),)
         case ClientGone(now=now):
             if s in HALTED:
                 # A pause still in flight may land before the disconnect resumes the
                 # rank: that stop is the cancelled pause, not a stop to break all on.
                 cancelled = now if s in _PAUSED else None
                 return (replace(rank, state=RankState.RUNNING, owed=False,
-                                cancelled_at=cancelled),
+                                cancelled_at=cancelled, post_mortem=None),
                         (Do.DETACH, Notify(RUNNING_NOTE), Do.RESUMED))
-            return rank, (Do.DETACH, Do.RESUMED)
+            return replace(rank, post_mortem=None), (Do.DETACH, Do.RESUMED)
         case RankGone():
             return replace(rank, state=RankState.EXITED, held=False, owed=False), (Gone(s),)
+        case PostMortem(text=text):
+            # Said before the stop it announces, or (another socket) just after it.
+            return replace(rank, post_mortem=text), (Notify(text),)
     return rank, ()
 
 
@@ -396,3 +416,49 @@ def forwards_continue(rank: Rank) -> bool:
     the hub continues the job itself (``continue_targets(ranks, None)``).
     """
     return rank.state is RankState.STOPPED
+
+
+class View(StrEnum):
+    """What the IDE's Ranks view and the root session show for a rank (:func:`view`)."""
+
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    BLOCKED = "blocked"
+    WAITING = "waiting"
+    """Held in ``fi_dist.breakpoint(rank=k)`` for another rank."""
+    POST_MORTEM = "post-mortem"
+    EXITED = "exited"
+
+
+def view(rank: Rank) -> View:
+    """The kind of state the IDE shows for ``rank`` (its text is the state line)."""
+    if rank.state is RankState.EXITED:
+        return View.EXITED
+    if rank.post_mortem:
+        return View.POST_MORTEM
+    if rank.state is RankState.STOPPED:
+        return View.PAUSED
+    if rank.state is RankState.BLOCKED:
+        return View.BLOCKED
+    if rank.state is RankState.PAUSING:
+        return View.PAUSING
+    return View.WAITING if rank.held else View.RUNNING
+
+
+def job_stopped(ranks: Mapping[int, Rank]) -> bool:
+    """Whether the job as a whole is halted: some rank is stopped in the debugger.
+
+    The root session shows the job paused exactly then (its one thread is "stopped").
+    """
+    return any(m.state is RankState.STOPPED for m in ranks.values())
+
+
+def job_summary(ranks: Mapping[int, Rank]) -> str:
+    """One line for the root session's thread: ``4 ranks: 1 post-mortem, 3 paused``."""
+    counts: dict[View, int] = {}
+    for m in ranks.values():
+        counts[view(m)] = counts.get(view(m), 0) + 1
+    parts = [f"{counts[v]} {v.value}" for v in View if counts.get(v)]
+    n = len(ranks)
+    return f"{n} rank{'s' if n != 1 else ''}" + (f": {', '.join(parts)}" if parts else "")

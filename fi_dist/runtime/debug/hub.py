@@ -54,6 +54,7 @@ from fi_dist.runtime.debug.breakall import (
     Notify,
     Pause,
     PauseFailed,
+    PostMortem,
     RankGone,
     RankState,
     Release,
@@ -64,6 +65,7 @@ from fi_dist.runtime.debug.breakall import (
 )
 from fi_dist.runtime.debug.guard import AUTH_DEADLINE, Pending, Refusals, raise_fd_limit
 from fi_dist.runtime.debug.ide import RANK_ATTACH_KEYS, IdeSession
+from fi_dist.runtime.debug.jobview import JobView
 from fi_dist.runtime.debug.protocol import MAX_LINE, ProtocolError, line, read_line
 from fi_dist.runtime.debug.upstream import RankLink, Upstream
 
@@ -99,6 +101,7 @@ class Hub:
         self._detaching: list[asyncio.Task[None]] = []
         self.refusals = Refusals(log)
         self._pending = {"IDE port": Pending(), "rank port": Pending()}
+        self.view = JobView(self)
 
     # --- listeners ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -205,6 +208,7 @@ class Hub:
             asyncio.create_task(old.upstream.close(disconnect=False))
         self.ranks[rank] = link
         log.info("%s connected (pid %s)", link.label, link.pid)
+        self.view.changed()
         self._prewarm(link)
         if self.root is not None and self.root.configured:
             asyncio.create_task(self._open_for_root(link))
@@ -213,7 +217,7 @@ class Hub:
                 link.heard = time.monotonic()
                 if link.unreachable:
                     link.unreachable = False
-                    self._note(link, f"fi-dist: {link.label} is reachable again")
+                    self._tell_ide(link, f"fi-dist: {link.label} is reachable again")
                 self._rank_message(link, msg)
         except (ProtocolError, ConnectionError) as exc:
             log.warning("%s: control stream broken: %s", link.label, exc)
@@ -235,6 +239,18 @@ class Hub:
             self._feed(link, Hold(time.monotonic()))
         elif event == "release":
             self._feed(link, Release())
+        elif event == "post-mortem":
+            # Peers that fail next fail of this (closed gloo/NCCL connections): their
+            # agents hear it first, so those errors do not stop in the debugger too.
+            text = f"post-mortem: {msg.get('error_type') or 'exception'}"
+            for other in self.ranks.values():
+                if other is not link:
+                    other.command(cmd="peer-failed", rank=link.rank, error=msg.get("error"))
+            self._feed(link, PostMortem(text))
+        elif event == "state":
+            # A state the rank wrote itself (waiting in fi_dist.breakpoint, post-mortem
+            # without a client, exited N): the Ranks view shows it too.
+            self._note(link, str(msg.get("state") or ""))
 
     def _rank_gone(self, link: RankLink) -> None:
         self._feed(link, RankGone())
@@ -255,13 +271,14 @@ class Hub:
                     link.command(cmd="ping")
                     if not link.unreachable and now - link.heard > UNREACHABLE_AFTER:
                         link.unreachable = True
-                        self._note(link, f"fi-dist: {link.label} is unreachable: no answer "
-                                         f"for {now - link.heard:.0f}s (a network partition "
-                                         "or a hung node); the other ranks stay inspectable")
+                        self._tell_ide(link, f"fi-dist: {link.label} is unreachable: no "
+                                       f"answer for {now - link.heard:.0f}s (a network "
+                                       "partition or a hung node); the other ranks stay "
+                                       "inspectable")
                 except Exception as exc:  # one broken link must not stop the watch
                     log.info("%s: ping failed: %s", link.label, exc)
 
-    def _note(self, link: RankLink, text: str) -> None:
+    def _tell_ide(self, link: RankLink, text: str) -> None:
         """A line for the log and the IDE (the root session and the rank's own view)."""
         log.warning("%s", text)
         for session in (link.child, self.root):
@@ -356,7 +373,8 @@ class Hub:
             self.root.announce(link)
 
     async def root_configured(self, root: IdeSession) -> None:
-        for link in list(self.ranks.values()):
+        # Rank order: VSCode lists child sessions in the order they are started.
+        for link in sorted(self.ranks.values(), key=lambda link: link.rank):
             if link.state is not RankState.EXITED:
                 root.announce(link)
                 asyncio.create_task(self._open_for_root_quiet(link))
@@ -401,6 +419,22 @@ class Hub:
         """A child view forwards its own ``pause``: the stop it brings is not a late one."""
         self._feed(link, ChildPause())
 
+    def end_session(self, why: str) -> None:
+        """End the IDE's whole debug session (root and every view); every rank resumes.
+
+        What a Disconnect on any rank's session means: VSCode forwards it to the parent
+        only for children it started with ``lifecycleManagedByParent``, which a DAP
+        ``startDebugging`` cannot ask for, so the hub does it.
+        """
+        root = self.root
+        if root is None:
+            return
+        log.warning("IDE: %s: ending the debug session, every rank resumes", why)
+        for link in self.ranks.values():
+            if link.child is not None:
+                link.child.end()
+        root.end()  # its connection closes: ide_closed() resumes the ranks
+
     async def ide_closed(self, session: IdeSession) -> None:
         if session.link is not None and session.link.child is session:
             session.link.child = None
@@ -415,10 +449,10 @@ class Hub:
         now = time.monotonic()
         for link in self.ranks.values():
             if link.child is not None:
-                link.child.event("terminated")
-                link.child.close()
+                link.child.end()
                 link.child = None
             self._feed(link, ClientGone(now))
+        self.view.set_focus(None)
         closing, self._detaching = self._detaching, []
         await asyncio.gather(*closing, return_exceptions=True)
 
@@ -473,7 +507,10 @@ class Hub:
 
         ``stop`` is the adapter's ``stopped`` message that :class:`Stopped` came from.
         """
-        link.machine, actions = breakall.step(link.machine, event)
+        before = link.machine
+        link.machine, actions = breakall.step(before, event)
+        if link.machine != before:
+            self.view.changed()
         for action in actions:
             self._do(link, action, stop)
 
@@ -494,16 +531,24 @@ class Hub:
                 link.command(cmd="resumed")
             case Do.SHOW_STOP:
                 if stop is not None:
+                    body = stop.get("body") or {}
+                    if body.get("reason") == "pause" and link.rank != self.view.origin:
+                        # Paused by the break-all: the IDE keeps showing the rank that
+                        # stopped first instead of jumping to each paused one.
+                        stop = {**stop, "body": {**body, "preserveFocusHint": True}}
                     link.stopped_event = stop
                     self._to_child(link, stop)
+                self.view.changed()
             case Do.DROP_STOP:
                 log.info("%s: a cancelled pause landed late; the rank resumes", link.label)
             case Do.PAUSE_OTHERS:
+                self.view.break_all_from(link.rank)
                 self.pause_all(link)
             case Do.DETACH:
                 self._detaching.append(asyncio.create_task(self._reset(link)))
             case Notify(text=text):
                 link.command(cmd="state", state=text)
+                self._note(link, text)
             case After(delay=delay, event=event):
                 asyncio.get_running_loop().call_later(delay, self._feed, link, event)
             case AskStack(epoch=epoch):
@@ -517,18 +562,32 @@ class Hub:
                 for session in (link.child, self.root):
                     if session is not None:
                         session.event("output", {"category": "console", "output": note})
+                self.view.blocked(link.rank, summary)
             case Gone(was=was):
                 log.log(logging.WARNING if was in HALTED else logging.INFO,
                         "%s exited (was %s)", link.label, was)
                 if link.upstream is not None:
                     asyncio.create_task(link.upstream.close(disconnect=False))
                 if link.child is not None:
-                    link.child.event("exited", {"exitCode": 0})
-                    link.child.event("terminated")
+                    link.child.finish(link.exitcode or 0)
+                if not link.note.startswith(("exited", "failed")):
+                    self._note(link, "exited" if link.exitcode is None
+                               else f"exited {link.exitcode}")
+                self.view.changed()
                 if self.root is not None:
                     self.root.event("output", {
                         "category": "console",
                         "output": f"fi-dist: {link.label} exited (was {was})\n"})
+
+    def _note(self, link: RankLink, text: str) -> None:
+        """Rank ``link``'s state line changed (Ranks view; the rank's file is written by
+        the rank itself, through its agent)."""
+        if text and text != link.note:
+            link.note = text
+            if text.startswith("exited "):
+                with contextlib.suppress(ValueError):
+                    link.exitcode = int(text.split()[1])
+            self.view.changed()
 
     async def _ask_stack(self, link: RankLink, epoch: int) -> None:
         """The agent's main-thread stack, for a rank that did not stop for its pause."""

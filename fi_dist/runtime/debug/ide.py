@@ -7,12 +7,18 @@ arguments decide the role:
   to every rank; after ``configurationDone`` the hub opens one child per rank with the
   ``startDebugging`` reverse request (or the ``debugpyAttach`` event for clients that
   do not advertise ``supportsStartDebuggingRequest``), each config pointing back at
-  this same port with ``fiDistRank`` set. Closing the root resumes every rank.
+  this same port with ``fiDistRank`` set, in rank order. Its one thread is the job
+  (:mod:`~fi_dist.runtime.debug.jobview`): stopped while some rank is. Closing the root
+  resumes every rank.
 * ``fiDistRank: R``: a **child** session, a view onto rank R's debug session: requests
   are forwarded, ``continue`` continues every rank, thread names carry ``rank R (node N)``.
+  A ``disconnect``/``terminate`` on it ends the whole debug session (every rank resumes).
   With ``fiDistSideView: true`` it is a *side* view (``fi-dist eval`` beside the IDE): it
-  does not replace the IDE's child view of the rank and gets no events; its attach
-  response lists every rank the hub knows (``fiDistRanks``).
+  does not replace the IDE's child view of the rank, gets no events, and its disconnect
+  ends only itself; its attach response lists every rank the hub knows (``fiDistRanks``).
+
+Any session may send the fi-dist extension's ``fiDist/ranks`` (the Ranks view's rows) and
+``fiDist/focus`` (the rank the IDE shows) requests.
 
 Every attach must carry the job's token (``fiDistToken``), compared in constant time.
 """
@@ -55,6 +61,10 @@ CAPABILITIES: dict[str, Any] = {
 """What debugpy's adapter answers to ``initialize`` (the IDE sees the same adapter)."""
 
 CONFIG_COMMANDS = ("setBreakpoints", "setExceptionBreakpoints", "setFunctionBreakpoints")
+FI_DIST_COMMANDS = ("fiDist/ranks", "fiDist/focus")
+"""The fi-dist extension's requests: the Ranks view's rows; the rank the IDE shows."""
+DEBUG_TYPES = ("fi-dist", "debugpy")
+"""Debug types whose adapter may be the hub (the fi-dist extension's, debugpy's)."""
 RANK_ATTACH_KEYS = frozenset({
     "justMyCode", "debugStdLib", "redirectOutput", "showReturnValue", "breakOnSystemExitZero",
     "django", "flask", "jinja", "rules", "pathMappings", "variablePresentation",
@@ -80,6 +90,8 @@ class IdeSession:
         self.configured = False
         self.side = False
         """A side view of a rank (fi-dist eval): no events, the IDE's child view stays."""
+        self.ended = False
+        """The hub ended this session (``terminated`` sent): its disconnect ends nothing."""
         self._seq = itertools.count(1)
 
     # --- output ---------------------------------------------------------------------
@@ -106,6 +118,19 @@ class IdeSession:
 
     def close(self) -> None:
         self.writer.close()
+
+    def end(self) -> None:
+        """Tell the IDE this session is over (``terminated``) and close it."""
+        if not self.ended:
+            self.ended = True
+            self.event("terminated")
+        self.close()
+
+    def finish(self, exit_code: int) -> None:
+        """The rank behind this view exited: ``exited`` then ``terminated``."""
+        if not self.ended:
+            self.event("exited", {"exitCode": exit_code})
+        self.end()
 
     # --- input ----------------------------------------------------------------------
     async def _next(self, deadline: float) -> dict[str, Any] | None:
@@ -215,7 +240,11 @@ class IdeSession:
                 self.configured = True
                 await hub.root_configured(self)
         elif cmd == "threads":
-            self.respond(req, {"threads": []})
+            self.respond(req, {"threads": hub.view.root_threads()})
+        elif cmd == "stackTrace":  # the job's thread has no frames: the ranks have them
+            self.respond(req, {"stackFrames": [], "totalFrames": 0})
+        elif cmd in FI_DIST_COMMANDS:
+            self._fi_dist_request(req, cmd, args)
         elif cmd == "pause":
             hub.pause_all(None)
             self.respond(req)
@@ -229,11 +258,25 @@ class IdeSession:
         else:
             self.respond(req, error=f"{cmd!r} needs a rank: use the 'rank R (node N)' sessions")
 
+    def _fi_dist_request(self, req: dict[str, Any], cmd: str, args: dict[str, Any]) -> None:
+        """The fi-dist extension's own requests (any session may send them)."""
+        if cmd == "fiDist/focus":
+            rank = args.get("rank")
+            self.hub.view.set_focus(rank if isinstance(rank, int) else None)
+        self.respond(req, self.hub.view.body())
+
     def child_config(self, link: RankLink) -> dict[str, Any]:
-        """The attach config of rank ``link``'s child session (points back at this port)."""
+        """The attach config of rank ``link``'s child session (points back at this port).
+
+        Of the root's own debug type: ``fi-dist`` (the fi-dist extension, no other
+        needed) or ``debugpy`` (Microsoft's Python Debugger); VSCode gives children of
+        ``startDebugging`` the parent's type anyway, the ``debugpyAttach`` route reads it.
+        """
         base = {k: v for k, v in (self.attach_req or {}).get("arguments", {}).items()
                 if k not in ("__sessionId",)}
-        base.update({"type": "debugpy", "request": "attach", "name": link.label,
+        kind = base.get("type")
+        base.update({"type": kind if kind in DEBUG_TYPES else "debugpy", "request": "attach",
+                     "name": link.label,
                      "connect": {"host": self.hub.ide_host, "port": self.hub.ide_port},
                      "fiDistToken": self.hub.token, "fiDistRank": link.rank})
         return base
@@ -266,10 +309,19 @@ class IdeSession:
                     self.send(link.stopped_event)
             return
         if cmd in ("disconnect", "terminate"):
-            # The hub owns the rank's session; a child leaving only closes its view.
             self.respond(req)
             await self.writer.drain()
+            if (not self.ended and not self.side and link.state is not RankState.EXITED
+                    and not args.get("restart")):
+                # Disconnect/Stop with a rank's session selected: the user means the job's
+                # debug session, not one view of it (every rank resumes, every view ends).
+                # A restart of the view (it attaches again at once) ends only the view, and
+                # a side view (fi-dist eval) only itself.
+                self.hub.end_session(f"{link.label}'s session sent {cmd}")
             self.close()
+            return
+        if cmd in FI_DIST_COMMANDS:
+            self._fi_dist_request(req, cmd, args)
             return
         if up is None:
             self.respond(req, error=f"{link.label} has no live debug session ({link.state})")

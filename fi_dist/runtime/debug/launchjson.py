@@ -11,7 +11,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fi_dist.launchjson import PRIVATE_MODE, LaunchJsonError, write_configuration
+from fi_dist.launchjson import (
+    PRIVATE_MODE,
+    LaunchJsonError,
+    attach_configurations,
+    write_configurations,
+)
 from fi_dist.rundir import RunDir, write_json
 
 log = logging.getLogger("fi_dist.debug.hub")
@@ -20,12 +25,15 @@ def publish(config: dict[str, Any], cwd: Path | None, run_dir: Path | None,
             rank_port: int) -> None:
     """Write launch.json (in node 0's working directory) and the run dir's debug.json.
 
+    launch.json gets ``config`` (type ``fi-dist``) and its ``debugpy`` twin
+    (:func:`~fi_dist.launchjson.attach_configurations`); debug.json keeps ``config``.
+
     A launch.json that cannot be edited is left as it is with a warning: the job runs on,
     and ``fi-dist attach --print`` still prints the configuration.
     """
     if cwd is not None:
         try:
-            write_configuration(cwd, config)
+            write_configurations(cwd, attach_configurations(config))
         except (LaunchJsonError, OSError) as exc:
             log.warning("fi-dist debug hub: launch.json not updated: %s", exc)
     if run_dir is not None:

@@ -211,6 +211,10 @@ class RankLink:
     """When the rank's agent last said anything on its control link (monotonic)."""
     unreachable: bool = False
     """Silent for the hub's UNREACHABLE_AFTER: its node may be partitioned or hung."""
+    note: str = "running"
+    """Its state line as ``fi-dist status`` and the Ranks view show it."""
+    exitcode: int | None = None
+    """Its exit code once it said (``exited N``)."""
 
     @property
     def state(self) -> RankState:
