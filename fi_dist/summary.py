@@ -176,13 +176,17 @@ def summarize_ranks(run: RunDir, nproc_per_node: int, rank_exits: dict[int, int 
     return _conclude(outcomes, failures, ranks, len(rank_exits))
 
 
+STUCK_COLLECTIVE = "stuck collective"
+"""A collective that raised: the root cause only of a job that failed."""
+
+
 def _hang_causes(run: RunDir) -> list[RootCause]:
     """The hang watch's capture (fi_dist.hang.watch), timed when the job stopped progressing
     or when its first collective raised: before the ranks' consequent failures."""
     rec = run.hang_report()
     if not rec:
         return []
-    label = "job hung" if rec.get("ends_job") else "stuck collective"
+    label = "job hung" if rec.get("ends_job") else STUCK_COLLECTIVE
     diagnosis = (rec.get("diagnosis") or {}).get("text") or ""
     return [RootCause(label, int(rec.get("exitcode") or 1), f"{rec.get('trigger')}; {diagnosis}",
                       rec.get("text"), float(rec.get("time") or 0))]
@@ -190,6 +194,9 @@ def _hang_causes(run: RunDir) -> list[RootCause]:
 
 def _conclude(outcomes: list[RankOutcome], failures: list[RootCause],
               ranks: dict[int, dict], world_size: int) -> Summary:
+    if (all(c.label == STUCK_COLLECTIVE for c in failures)
+            and not any(o.exitcode for o in outcomes)):
+        failures = []  # the script caught the collective's error and every rank ended well
     if not failures:
         bad = [o.exitcode for o in outcomes if o.exitcode]
         return Summary(outcomes, None, bad[0] if bad else 0)

@@ -166,6 +166,14 @@ class LocalLauncher(Launcher):
             # The host forwards the hub's port number (the hub names its own port in the
             # child sessions it opens), so pick one that is free here.
             job = job.replace(debug=dataclasses.replace(job.debug, ide_port=free_port()))
+        if in_netns and job.debug is not None and job.debug.code_server:
+            # code-server listens in node 0's namespace; the host forwards the same port
+            # number (the URL it prints), so it must be known and free here.
+            port = job.debug.code_server_port or free_port()
+            if not _port_free(port):
+                raise ConfigError(f"code-server port {port} is already in use; pick another "
+                                  "with --code-server-port (or 0 for a free one)")
+            job = job.replace(debug=dataclasses.replace(job.debug, code_server_port=port))
         nodes = []
         for i in range(spec.nnodes):
             env = pod_env(master_addr, port, spec.nnodes, spec.nproc_per_node, i)
@@ -249,7 +257,7 @@ class LocalBackend(Backend):
         self._lost: dict[int, str] = {}
         self._lifeline: tuple[int, int] | None = None
         self._receiver: HeartbeatReceiver | None = None
-        self._forward: PortForward | None = None
+        self._forwards: list[PortForward] = []
         self._control: chaos.ControlServer | None = None
 
     # --- the run's network, heartbeats, lifeline ------------------------------------------
@@ -264,10 +272,9 @@ class LocalBackend(Backend):
             beats.bind((netns.CONTROL_ADDR, 0))
             self._control = chaos.ControlServer(self.run_dir.run_id, self._chaos)
             debug = self.job.debug
-            if debug is not None:
-                network, port = self.network, debug.ide_port
-                self._forward = PortForward(
-                    port, lambda: network.connect_in(0, ("127.0.0.1", port)))
+            if debug is not None:  # the hub's port (and code-server's) like kubectl port-forward
+                ports = [debug.ide_port, *([debug.code_server_port] if debug.code_server else [])]
+                self._forwards = [self._forward_to_node0(p) for p in ports]
         else:
             beats = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             beats.bind(("127.0.0.1", 0))
@@ -276,6 +283,11 @@ class LocalBackend(Backend):
                                     lifeline_fd=self._lifeline[0],
                                     owner=procs.identity(os.getpid()))
         self._write_network()
+
+    def _forward_to_node0(self, port: int) -> PortForward:
+        network = self.network
+        assert network is not None
+        return PortForward(port, lambda: network.connect_in(0, ("127.0.0.1", port)))
 
     def _beat(self, node: int, attempt: int) -> None:
         with self._lock:
@@ -408,7 +420,7 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         procs.signal_pids(procs.job_processes(self.job.run_id), signal.SIGKILL)
-        for part in (self._control, self._forward, self._receiver, self.shaper, self.network):
+        for part in (self._control, *self._forwards, self._receiver, self.shaper, self.network):
             if part is not None:
                 part.close()
         if self._lifeline is not None:

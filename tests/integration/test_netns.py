@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -318,13 +319,22 @@ def test_hub_across_namespaces_unreachable_ports_break_all_and_a_partition(debug
                                                                         tmp_path: Path):
     job: DebugJob = debug_job(2, 2, {"JOB_MODE": "break", "JOB_HOLD": "25"},
                               extra=("--network", "netns", "--node-timeout", "0", "--grace",
-                                     "3", "--wait-for-client"))
+                                     "3", "--wait-for-client", "--code-server",
+                                     "--code-server-port", "0"))
     cfg = job.config
     run = rundir.RunDir(job.run_dir())
     assert cfg["connect"]["host"] == "127.0.0.1"  # the host's end of the forward
     agents = {int(n): v["pid"] for n, v in run.read_run()["nodes"].items()}
     job.wait_states(lambda s: len(s) == 4)
     rank_pids = {r: v["pid"] for r, v in run.ranks().items()}
+
+    # code-server listens in node 0's namespace; the URL it prints is the host's forward.
+    deadline = time.monotonic() + 120
+    while (editor := run.editor()) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert editor is not None, job.output()[-3000:]
+    assert editor["url"].startswith("http://127.0.0.1:"), editor
+    assert urllib.request.urlopen(editor["url"] + "healthz", timeout=10).status == 200
 
     # What node 0 listens on: the hub's IDE port on its own loopback, the hub's rank port
     # and the rendezvous on its address. Node 0's ranks listen on nothing.

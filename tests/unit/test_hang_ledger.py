@@ -284,3 +284,42 @@ def test_the_idle_cullers_hung_notification_carries_the_stacks(tmp_path: Path) -
     assert hung[0].stacks.splitlines()[-1] == f"diagnosis: {hung[0].diagnosis}"
     assert json.loads(json.dumps(hung[0].to_dict()))["stacks"] == hung[0].stacks  # the webhook
     assert (run.path / "hang-idle-node0.txt").read_text().startswith("fi-dist stacks: run run-3")
+
+
+def test_a_previous_attempts_failed_collective_is_not_captured_again(tmp_path: Path) -> None:
+    # A restart after a lost node: until the new rank 0 rewrites its ledger, the file still
+    # shows the collective the last attempt failed in. It must not become this attempt's
+    # root cause (a job that then succeeds would be reported FAILED).
+    run = RunDir(tmp_path / "run-3")
+    run.write_run({"run_id": "run-3"})
+    led0 = new_ledger(run.path / "hang", 0)
+    off0 = led0.slot("default")
+    led0.issue(off0, 15, 14, b"all_reduce", b"/job/t.py", 40, b"step")
+    led0.fail(off0, "RuntimeError: Connection closed by peer")
+    watch = HangWatch(run, timeout=0, poll_every=0)
+    assert watch.poll() is None and run.hang_report() is not None  # attempt 0 captures it
+    run.clear_attempt_state()
+    watch.reset(1)
+    assert watch.poll() is None and run.hang_report() is None
+    led1 = new_ledger(run.path / "hang", 1)  # a failure of this attempt is captured
+    off1 = led1.slot("default")
+    led1.issue(off1, 3, 2, b"all_reduce", b"/job/t.py", 40, b"step")
+    led1.fail(off1, "RuntimeError: Timed out")
+    assert watch.poll() is None
+    report = run.hang_report()
+    assert report is not None and report["attempt"] == 1 and "rank 1 failed" in report["trigger"]
+
+
+def test_a_collective_error_the_job_survived_is_not_a_failure(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run-4")
+    run.write_run({"run_id": "run-4"})
+    led0 = new_ledger(run.path / "hang", 0)
+    off0 = led0.slot("default")
+    led0.issue(off0, 3, 2, b"all_reduce", b"/job/t.py", 40, b"step")
+    led0.fail(off0, "RuntimeError: Timed out")  # caught by the script, which went on
+    HangWatch(run, timeout=0, poll_every=0).poll()
+    assert run.hang_report() is not None
+    for r in (0, 1):
+        run.write_rank(r, node=0, state="exited", exitcode=0)
+    summary = summarize(run, 2, 2, {0: 0})
+    assert summary.root_cause is None and summary.exitcode == 0
