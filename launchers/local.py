@@ -169,11 +169,11 @@ class LocalLauncher(Launcher):
         if in_netns and job.debug is not None and job.debug.code_server:
             # code-server listens in node 0's namespace; the host forwards the same port
             # number (the URL it prints), so it must be known and free here.
-            port = job.debug.code_server_port or free_port()
-            if not _port_free(port):
-                raise ConfigError(f"code-server port {port} is already in use; pick another "
+            ide = job.debug.code_server_port or free_port()
+            if not _port_free(ide):
+                raise ConfigError(f"code-server port {ide} is already in use; pick another "
                                   "with --code-server-port (or 0 for a free one)")
-            job = job.replace(debug=dataclasses.replace(job.debug, code_server_port=port))
+            job = job.replace(debug=dataclasses.replace(job.debug, code_server_port=ide))
         nodes = []
         for i in range(spec.nnodes):
             env = pod_env(master_addr, port, spec.nnodes, spec.nproc_per_node, i)

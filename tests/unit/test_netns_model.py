@@ -14,7 +14,7 @@ from fi_dist.errors import ConfigError, InconsistentEnvError
 from fi_dist.launcher import Fault
 from fi_dist.launchers import netns
 from fi_dist.launchers.chaos import NodeFaults, fault_from_dict, fault_to_dict
-from fi_dist.launchers.local import LocalLauncher
+from fi_dist.launchers.local import NETNS_MASTER_PORT, LocalLauncher
 from fi_dist.launchers.netem import Shape, dropped, netem_missing, release_at
 from fi_dist.launchers.node_liveness import Change, Liveness, NodeState
 from fi_dist.rundir import RunDir
@@ -201,3 +201,14 @@ def test_a_lost_node_is_the_root_cause_and_faults_are_listed(tmp_path: Path):
     text = format_summary(summary)
     assert "network faults injected (fi-dist chaos):" in text
     assert "node 1: partition -> partitioned (attempt 0, switch port p1 down)" in text
+
+
+def test_netns_dry_run_picks_a_code_server_port_and_keeps_the_master_port(tmp_path: Path):
+    # The host forwards code-server's port number to node 0: it must be known (0 -> a free
+    # one) and must not change the rendezvous port the nodes get.
+    spec = JobSpec(script=str(Path(__file__)), network="netns", nnodes=2,
+                   debug=DebugSpec(enabled=True, port=0, code_server=True, code_server_port=0))
+    req = LocalLauncher(tmp_path).dryrun(spec).request
+    assert req.job.debug.code_server_port > 0
+    assert req.master_port == NETNS_MASTER_PORT != req.job.debug.code_server_port
+    assert {n.env["MASTER_PORT"] for n in req.nodes} == {str(NETNS_MASTER_PORT)}
