@@ -145,9 +145,12 @@ def _torchrun(entry: list[str], steps: int, extra_env: dict[str, str]) -> dict[s
          "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "--rdzv-backend",
          "static", *entry, EXAMPLE, "--steps", str(steps)],
         env=env, capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        raise RuntimeError(p.stdout[-3000:] + p.stderr[-3000:])
     times = [float(m.group(2)) / int(m.group(1)) for m in _DONE.finditer(p.stdout + p.stderr)]
+    # torch 2.13's gloo sometimes aborts a rank at interpreter exit, after the script's
+    # last line ("terminate called without an active exception": 1 in 20-40 runs here,
+    # plain torchrun as often as fi-dist's runtime): the steps were timed all the same.
+    if p.returncode != 0 and (len(times) != 2 or "terminate called" not in p.stderr):
+        raise RuntimeError(p.stdout[-3000:] + p.stderr[-3000:])
     assert len(times) == 2, p.stdout
     return {"step time (ms)": 1000 * statistics.mean(times)}
 

@@ -39,6 +39,7 @@ class HangDoctor:
 
     def ended(self, exitcode: int, failed: bool) -> None:
         """The script ended: readers see the rank's outcome in its ledger."""
+        self.dumper.close_flight_recorder()
         self.ledger.ended(exitcode, failed)
 
 

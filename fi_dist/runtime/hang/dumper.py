@@ -144,6 +144,8 @@ class StackDumper:
         self.serial = 0
         self._fault_fd: int | None = None
         self._thread: threading.Thread | None = None
+        self._fr_lock = threading.Lock()
+        self._fr_closed = False
 
     def install(self) -> None:
         """Block the dump signal, register faulthandler, start the thread (main thread only)."""
@@ -179,10 +181,22 @@ class StackDumper:
                 log.warning("fi-dist stacks: rank %d: dump failed: %s: %s", self.rank,
                             type(exc).__name__, exc)
 
+    def close_flight_recorder(self) -> None:
+        """No more calls into torch's recorder: the script ended, the interpreter is about to
+        finalize, and a dump still running in C++ then could touch torch's destroyed
+        statics (a rare `terminate called` at exit was seen with the recorder asked once a
+        second). Waits for a dump under way."""
+        with self._fr_lock:
+            self._fr_closed = True
+
+    def _flight_recorder(self) -> dict[str, Any] | None:
+        with self._fr_lock:
+            return None if self._fr_closed else flight_recorder()
+
     def answer(self) -> Path:
         """Write this rank's stacks (and the Flight Recorder's active entries) now."""
         self.serial += 1
-        fr = flight_recorder()
+        fr = self._flight_recorder()
         data = {"serial": self.serial, "rank": self.rank, "pid": os.getpid(),
                 "time": time.time(), "threads": thread_stacks(skip=threading.get_ident()),
                 "flight_recorder": fr}
@@ -203,7 +217,7 @@ class StackDumper:
     def _copy_flight_recorder(self) -> None:
         if self.ledger is None:
             return
-        fr = flight_recorder()
+        fr = self._flight_recorder()
         if fr is not None:
             self._copy(fr)
 
