@@ -220,7 +220,11 @@ class Hub:
                     self._tell_ide(link, f"fi-dist: {link.label} is reachable again")
                 self._rank_message(link, msg)
         except (ProtocolError, ConnectionError) as exc:
-            log.warning("%s: control stream broken: %s", link.label, exc)
+            # A rank that said it exited resets the link when it ends with a ping of ours
+            # unread: the normal end of every job, not a fault worth a warning.
+            ended = isinstance(exc, ConnectionResetError) and link.note.startswith("exited")
+            (log.info if ended else log.warning)("%s: control stream broken: %s",
+                                                 link.label, exc)
         finally:
             writer.close()
             if self.ranks.get(rank) is link:
