@@ -3,7 +3,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt scripts/install_code_server.sh scripts/install_netns_tools.sh 2>/dev/null | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt scripts/install_code_server.sh scripts/install_netns_tools.sh scripts/apt_install.sh 2>/dev/null | sha1sum | cut -c1-12)
 
 VSIX := fi_dist/editor/fi-dist.vsix
 EXTENSION_SRC := $(wildcard fi_dist/editor/extension/*) fi_dist/editor/extension/.vscodeignore

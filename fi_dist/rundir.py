@@ -268,9 +268,12 @@ class RunDir:
         return read_json(self.path / "events" / "hang.json")
 
     def clear_attempt_state(self) -> None:
-        """Forget rank and node results and events before a restart of the whole job."""
-        for sub in ("ranks", "nodes", "events"):
-            for f in (self.path / sub).glob("*.json"):
+        """Forget rank and node results, events and the ranks' hang ledgers and dumps before
+        a restart of the whole job (a dead rank's ledger still shows where it failed)."""
+        for sub, pattern in (("ranks", "*.json"), ("nodes", "*.json"), ("events", "*.json"),
+                             ("hang", "*.ledger"), ("hang", "*.stacks.json"),
+                             ("hang", "*.fault")):
+            for f in (self.path / sub).glob(pattern):
                 f.unlink(missing_ok=True)
 
 

@@ -7,12 +7,4 @@ set -euo pipefail
 if [ -x /usr/bin/chromium ]; then
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_browser.sh: /usr/bin/chromium is missing and apt-get is not available" >&2
-    exit 1
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "installing chromium with apt-get"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
+bash "$(dirname "${BASH_SOURCE[0]}")/apt_install.sh" install_browser.sh chromium

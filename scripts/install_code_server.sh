@@ -28,21 +28,7 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 
 # --- Debian packages: libkrb5-dev (native module headers), ripgrep (rg binary) -------
-missing=()
-for pkg in libkrb5-dev ripgrep; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "install_code_server.sh: need ${missing[*]} but apt-get is not available" >&2
-        exit 1
-    fi
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-    echo "installing ${missing[*]} with apt-get"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
-fi
+bash "$(dirname "${BASH_SOURCE[0]}")/apt_install.sh" install_code_server.sh libkrb5-dev ripgrep
 
 # --- pre-seed @vscode/ripgrep's download cache with Debian's rg ----------------------
 # @vscode/ripgrep 1.15.11 looks for this archive before downloading from GitHub.

@@ -15,18 +15,5 @@ if [ "${#missing[@]}" -eq 0 ]; then
     echo "netns tools present: $(command -v ip) $(command -v tc) $(command -v nsenter)"
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_netns_tools.sh: need ${missing[*]} but apt-get is not available" >&2
-    exit 0
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if ! command -v sudo >/dev/null 2>&1; then
-        echo "install_netns_tools.sh: need ${missing[*]}; not root and no sudo" >&2
-        exit 0
-    fi
-    SUDO="sudo"
-fi
-echo "installing ${missing[*]} with apt-get"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+# Without apt or rights: the message, and exit 0 (netns then names what is missing).
+bash "$(dirname "${BASH_SOURCE[0]}")/apt_install.sh" install_netns_tools.sh "${missing[@]}" || true

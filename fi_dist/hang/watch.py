@@ -51,8 +51,6 @@ class HangWatch:
         self._key: Any = None
         self._since: float | None = None
         self._failure_seen = False
-        self._attempt_started = 0.0
-        """Wall clock of this attempt's start: older failures are a previous attempt's."""
         self.report: Report | None = None
         """The last capture (no progress, or a collective that raised)."""
 
@@ -66,9 +64,6 @@ class HangWatch:
         self._key = None
         self._since = None
         self._failure_seen = False
-        # The ledger files outlive their ranks: until a restarted rank rewrites its own,
-        # it still shows the failure the last attempt ended on (already captured).
-        self._attempt_started = time.time()
 
     def _progress_key(self, ledgers: dict[int, LedgerSnapshot]) -> tuple[Any, ...] | None:
         if not ledgers:
@@ -84,8 +79,7 @@ class HangWatch:
             return None
         self._last_poll = now
         ledgers = read_ledgers(self.directory)
-        failed = _failed_collective(ledgers, self._attempt_started)
-        if not self._failure_seen and failed is not None:
+        if not self._failure_seen and (failed := _failed_collective(ledgers)) is not None:
             self._failure_seen = True
             self.capture(f"rank {failed[0]} failed in {failed[1]}", failed[2], end=False)
         if not self.timeout:
@@ -125,12 +119,11 @@ class HangWatch:
         return report
 
 
-def _failed_collective(ledgers: dict[int, LedgerSnapshot], since: float = 0.0
-                       ) -> tuple[int, str, float] | None:
-    """The first collective that raised on any rank at or after ``since``: (rank, what, when)."""
+def _failed_collective(ledgers: dict[int, LedgerSnapshot]) -> tuple[int, str, float] | None:
+    """The first collective that raised on any rank: (rank, what, when)."""
     first: tuple[int, str, float] | None = None
     for r, v in ledgers.items():
         for s in v.slots:
-            if s.failed and s.failed_at >= since and (first is None or s.failed_at < first[2]):
+            if s.failed and (first is None or s.failed_at < first[2]):
                 first = (r, f"{s.op} #{s.issued} ({s.error})", s.failed_at)
     return first

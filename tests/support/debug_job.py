@@ -112,19 +112,46 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fi_dist.cli", *args]
 
 
-class DebugJob:
+class BackgroundJob:
+    """``fi-dist run --plain SCRIPT`` in the background, its output in ``log``."""
+
+    def __init__(self, workdir: Path, script: Path, log: Path, nnodes: int, nproc: int,
+                 env: dict[str, str], extra: tuple[str, ...] = ()) -> None:
+        self.workdir, self.script, self.log = workdir, script, log
+        argv = cli("run", "--plain", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
+                   "--master-port", "0", *extra, str(script))
+        self.proc = subprocess.Popen(argv, cwd=workdir, env={**os.environ, **env},
+                                     stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def run_dir(self) -> Path:
+        run_id = (self.workdir / ".fi-dist" / "current").read_text().strip()
+        return self.workdir / ".fi-dist" / "runs" / run_id
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait(self, timeout: float = 180) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                procs.terminate(self.run_dir().name, grace=3.0)
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class DebugJob(BackgroundJob):
     """``fi-dist run --debug`` in the background; ``config`` is launch.json's entry."""
 
     def __init__(self, workdir: Path, nnodes: int, nproc: int, env: dict[str, str],
                  extra: tuple[str, ...] = ()) -> None:
-        self.workdir = workdir
-        self.script = write_job(workdir)
-        self.log = workdir / "job.log"
-        argv = cli("run", "--plain", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
-                   "--master-port", "0", "--debug", "--debug-port", "0", *extra,
-                   str(self.script))
-        self.proc = subprocess.Popen(argv, cwd=workdir, env={**os.environ, **env},
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        super().__init__(workdir, write_job(workdir), workdir / "job.log", nnodes, nproc, env,
+                         ("--debug", "--debug-port", "0", *extra))
         self.config = self._wait_config()
 
     def _wait_config(self, timeout: float = 120) -> dict[str, Any]:
@@ -139,10 +166,6 @@ class DebugJob:
                 raise AssertionError(f"job ended before the hub was up:\n{self.output()}")
             time.sleep(0.2)
         raise AssertionError(f"no launch.json after {timeout}s:\n{self.output()}")
-
-    def run_dir(self) -> Path:
-        run_id = (self.workdir / ".fi-dist" / "current").read_text().strip()
-        return self.workdir / ".fi-dist" / "runs" / run_id
 
     def status(self) -> dict[str, Any]:
         out = subprocess.run(cli("status", "--json"), cwd=self.workdir, capture_output=True,
@@ -162,23 +185,6 @@ class DebugJob:
                 return states
             time.sleep(0.3)
         raise AssertionError(f"rank states never matched: {states}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait(self, timeout: float = 180) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                procs.terminate(self.run_dir().name, grace=3.0)
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 LIGHT_RANK = '''\

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-from fi_dist import procs
-from tests.support.debug_job import checksum, cli, marker_line
+from tests.support.debug_job import BackgroundJob, checksum, cli, marker_line
 
 HANG_SCRIPT = '''\
 """Deterministic gloo job; HANG_MODE picks what happens at step HANG_STEP."""
@@ -101,28 +99,16 @@ def expected_checksum(world: int, steps: int = 8) -> str:
     return hashlib.sha256(xs[0].numpy().tobytes()).hexdigest()[:16]
 
 
-class HangJob:
+class HangJob(BackgroundJob):
     """``fi-dist run --plain`` of the hang job in the background."""
 
     def __init__(self, workdir: Path, nnodes: int, nproc: int, env: dict[str, str],
                  extra: tuple[str, ...] = ()) -> None:
-        self.workdir = workdir
-        self.script = write_hang_job(workdir)
-        self.log = workdir / "hang_job.log"
-        argv = cli("run", "--plain", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
-                   "--master-port", "0", *extra, str(self.script))
-        self.proc = subprocess.Popen(argv, cwd=workdir, env={**os.environ, **env},
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        super().__init__(workdir, write_hang_job(workdir), workdir / "hang_job.log", nnodes,
+                         nproc, env, extra)
 
     def line(self, marker: str) -> int:
         return marker_line(self.script, marker)
-
-    def run_dir(self) -> Path:
-        run_id = (self.workdir / ".fi-dist" / "current").read_text().strip()
-        return self.workdir / ".fi-dist" / "runs" / run_id
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def checksum(self) -> str:
         return checksum(self.output())
@@ -148,17 +134,3 @@ class HangJob:
             time.sleep(0.2)
         raise AssertionError(f"ranks {sorted(ranks)} never waited in a collective:\n"
                              f"{self.output()[-3000:]}")
-
-    def wait(self, timeout: float = 180) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                procs.terminate(self.run_dir().name, grace=3.0)
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
