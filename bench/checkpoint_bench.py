@@ -58,13 +58,18 @@ def drop_caches() -> bool:
         return False
 
 
+DEVICE = "cpu"
+"""Where the 1-rank bench keeps its model (--device): on CUDA an async save's stall is the
+device-to-host copy into pinned buffers."""
+
+
 def make_model(mb: int, seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     # Model + Adam state (2x) = mb megabytes in total.
     torch.manual_seed(seed)
     n = int(mb * 2**20 / 4 / 3)
     width = 1024
     model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False)
-                                  for _ in range(max(1, n // (width * width)))])
+                                  for _ in range(max(1, n // (width * width)))]).to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     _materialise(model, opt)
     return model, opt
@@ -134,7 +139,8 @@ def pair(first: Any, second: Any, i: int) -> tuple[Any, Any]:
 
 # --- one rank ----------------------------------------------------------------------------------
 def bench_one_rank(mb: int, repeats: int, root: Path, torch_save: bool) -> None:
-    print(f"P5, 1 rank, {mb} MiB state (model + Adam), median of {repeats}; load {loadavg()}")
+    print(f"P5, 1 rank, {mb} MiB state (model + Adam) on {DEVICE}, median of {repeats}; "
+          f"load {loadavg()}")
     model, opt = make_model(mb)
     ckdir = root / f"one-{mb}"
     ck = Checkpointer(str(ckdir), model=model, optimizer=opt, keep_last=1)
@@ -385,11 +391,17 @@ def main() -> None:
     p.add_argument("--step-time", type=float, default=0.2)
     p.add_argument("--torch-save", action="store_true", help="also time plain torch.save")
     p.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the 1-rank model lives (the 2-rank bench is CPU / gloo)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         worker(a.worker, a.mb[0], a.repeats, Path(a.dir))
         return
+    global DEVICE
+    DEVICE = a.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         for mb in a.mb:
             if 1 in a.ranks:

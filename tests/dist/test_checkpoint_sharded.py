@@ -20,22 +20,29 @@ WORKER = textwrap.dedent("""
     import argparse, hashlib, json, os, random
     import numpy as np, torch, torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
-    from fi_dist.runtime.checkpoint import Checkpointer
+    from fi_dist.runtime.checkpoint import Checkpointer, CheckpointCorruptError
 
     p = argparse.ArgumentParser()
     p.add_argument("ckpt"); p.add_argument("out"); p.add_argument("--total", type=int, default=8)
     p.add_argument("--every", type=int, default=2); p.add_argument("--crash-at", type=int, default=-1)
+    p.add_argument("--width", type=int, default=32)
     a = p.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(32, a.width), torch.nn.Tanh(),
+                                torch.nn.Linear(a.width, 1))
     fully_shard(model[0]); fully_shard(model[2]); fully_shard(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     ck = Checkpointer(a.ckpt, model=model, optimizer=opt, scheduler=sched, every=a.every)
     random.seed(100 + rank); np.random.seed(100 + rank)  # a restart must not need these
-    result = {"rank": rank, "sharded": ck.sharded, "start": ck.resume()}
+    try:
+        result = {"rank": rank, "sharded": ck.sharded, "start": ck.resume()}
+    except CheckpointCorruptError as exc:
+        with open(a.out, "w") as f:
+            json.dump({"rank": rank, "error": str(exc)}, f)
+        raise SystemExit(5)
     for step in ck.steps(a.total):
         # Per-rank torch, python and numpy streams: restored from the rank file on resume.
         x = torch.randn(8, 32) * random.uniform(0.5, 1.5) + float(np.random.rand())
@@ -102,6 +109,12 @@ def test_fsdp2_periodic_sharded_save_crash_resume_bit_exact(tmp_path: Path) -> N
         assert [r["exitcode"] for r in post] == [0, 0], post[0]["log"][-2000:] + post[1]["log"][-2000:]
         assert [c.step for c in layout.scan(Storage(str(ckpt)))[0]] == [8, 6, 4]
 
+        # A model the checkpoints do not fit (DCP's planner refuses it on every rank):
+        # a clear error on both ranks, no hang, nothing deleted.
+        shutil.copytree(ckpt, tmp_path / "misfit-ckpt")
+        misfit_procs = start_ranks(tmp_path, "misfit", tmp_path / "misfit-ckpt", 2, "--total",
+                                   "8", "--width", "48", worker=WORKER)
+        procs += misfit_procs
         # A damaged shard of rank 1 (only rank 1 verifies it): both ranks fall back to 6.
         shard = ckpt / layout.step_dirname(8) / "dcp" / "__1_0.distcp"
         data = bytearray(shard.read_bytes())
@@ -110,6 +123,7 @@ def test_fsdp2_periodic_sharded_save_crash_resume_bit_exact(tmp_path: Path) -> N
         again_procs = start_ranks(tmp_path, "again", ckpt, 2, "--total", "8", worker=WORKER)
         procs += again_procs
         again = finish(again_procs, tmp_path, "again", timeout=90)
+        misfit = finish(misfit_procs, tmp_path, "misfit", timeout=90)
     finally:
         _reap(procs)
     assert [r["start"] for r in post] == [4, 4]
@@ -120,6 +134,35 @@ def test_fsdp2_periodic_sharded_save_crash_resume_bit_exact(tmp_path: Path) -> N
     assert [r["start"] for r in again] == [6, 6]
     assert f"{shard}: checksum mismatch" in again[0]["log"]
     assert [r["checksum"] for r in again] == [r["checksum"] for r in ref]
+    assert [r["exitcode"] for r in misfit] == [5, 5], misfit[0]["log"][-2000:]
+    for r in misfit:
+        assert r["error"].startswith("no loadable checkpoint"), r["error"]
+        assert "48" in r["error"] and "32" in r["error"], r["error"]  # the sizes that differ
+    assert [c.step for c in layout.scan(Storage(str(tmp_path / "misfit-ckpt")))[0]] == [8, 6, 4]
+
+
+@pytest.mark.timeout(200)
+def test_resume_on_another_world_size_reshards_bit_exact(tmp_path: Path) -> None:
+    """2 ranks' shards into 1 rank, and 1 rank's into 2 (where rank 1 owns no shard file and
+    reads byte ranges of rank 0's): full parameters and Adam state as saved."""
+    procs: list[subprocess.Popen] = []
+    try:
+        two = start_ranks(tmp_path, "two", tmp_path / "ck2", 2, "--total", "4", worker=WORKER)
+        one = start_ranks(tmp_path, "one", tmp_path / "ck1", 1, "--total", "4", worker=WORKER)
+        procs += two + one
+        saved = finish(two, tmp_path, "two", timeout=90) + finish(one, tmp_path, "one", timeout=90)
+        assert [r["exitcode"] for r in saved] == [0, 0, 0], saved[0]["log"][-2000:]
+        shrink = start_ranks(tmp_path, "shrink", tmp_path / "ck2", 1, "--total", "4", worker=WORKER)
+        grow = start_ranks(tmp_path, "grow", tmp_path / "ck1", 2, "--total", "4", worker=WORKER)
+        procs += shrink + grow
+        resumed = (finish(shrink, tmp_path, "shrink", timeout=90)
+                   + finish(grow, tmp_path, "grow", timeout=90))
+    finally:
+        _reap(procs)
+    assert [r["exitcode"] for r in resumed] == [0, 0, 0], [r["log"][-2000:] for r in resumed]
+    assert [r["start"] for r in resumed] == [4, 4, 4]
+    assert resumed[0]["checksum"] == saved[0]["checksum"]  # 2 -> 1
+    assert [r["checksum"] for r in resumed[1:]] == [saved[2]["checksum"]] * 2  # 1 -> 2
 
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ckpt_format1_sharded" / "ckpt"

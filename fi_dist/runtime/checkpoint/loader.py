@@ -3,9 +3,11 @@
 Each candidate (newest first) is read and checked against its manifest on every
 rank, then one all_reduce(MIN) decides: all ranks apply the same checkpoint, or all
 move on to the previous one. Files are read with large sequential reads straight into
-fresh tensor memory, several files at once, checksummed while they are read; nothing is
-decoded, let alone applied, before its checksum matched. Format-1 files (``*.pt``,
-sha256) load through ``torch.load(weights_only=True)``.
+fresh tensor memory (the model file and a rank's DCP shards: into the live tensors),
+several files at once, checksummed while they are read; nothing is decoded, let alone
+applied, before its checksum matched. A sharded checkpoint costs two collectives in all
+(the candidate list, the agreement): DCP plans on each rank alone. Format-1 files
+(``*.pt``, sha256) load through ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def _read_candidate(storage: Storage, state: TrainState, ranks: Ranks,
         if state.optimizer is not None:
             wanted["optimizer"] = _find(m, pre, "optimizer")
     elif m.format >= 2:
-        # The shards are verified as DCP streams them in (_apply); .metadata now.
+        # .metadata first; the shards are streamed (and verified) below, after it.
         verify_only = [f"{pre}{sharded.DIRNAME}/.metadata"]
     else:
         # Format 1: each rank verifies its share of the shard files before the ranks agree.
@@ -117,7 +119,11 @@ def _read_candidate(storage: Storage, state: TrainState, ranks: Ranks,
                     "are restored, per-rank RNG and data position are not", ranks.rank,
                     cand.path, m.world_size, ranks.world_size)
     names = {k: v for k, v in wanted.items() if v is not None}
-    total = sum(m.files[n].size for n in [*names.values(), *verify_only])
+    world = (ranks.rank, ranks.world_size)
+    # (A rank of a grown job may stream no file of its own: it reads byte ranges.)
+    dcp2 = m.mode == "sharded" and m.format >= 2
+    streamed = sharded.own_files(m, pre, world) if dcp2 else []
+    total = sum(m.files[n].size for n in [*names.values(), *verify_only, *streamed])
     meter = Meter("load", cand.step, total, ranks.rank)
 
     # The model file is read straight into the live parameters and buffers (CPU ones):
@@ -140,29 +146,33 @@ def _read_candidate(storage: Storage, state: TrainState, ranks: Ranks,
 
     jobs = sorted([*names.items(), *(("shard", n) for n in verify_only)],
                   key=lambda j: m.files[j[1]].size, reverse=True)
-    if threads > 1 and len(jobs) > 1:
+    if dcp2:
+        # The shards go straight into the live state on this thread while the small
+        # files are read beside it; .metadata (what the plan needs) comes first.
+        meta = verify_only[0]
+        image = one(("shard", meta))[1]
+        jobs = [j for j in jobs if j[1] != meta]
+        with ThreadPoolExecutor(max(1, min(threads, len(jobs))),
+                                thread_name_prefix="fi-dist-read") as pool:
+            pending = pool.map(one, jobs)
+            dcp_state = sharded.stream(storage, state, f"{cand.path}/{pre}{sharded.DIRNAME}",
+                                       m, pre, world, image.numpy().tobytes(), meter)
+            results = {**dict(pending), "dcp_state": dcp_state}
+    elif threads > 1 and len(jobs) > 1:
         with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="fi-dist-read") as pool:
             results = dict(pool.map(one, jobs))
     else:
         results = dict(map(one, jobs))
     meter.finish()
-    loaded = {k: results.pop(k) for k in list(results) if k in wanted}
-    image = results.get(f"{pre}{sharded.DIRNAME}/.metadata")
-    loaded["dcp_metadata"] = image.numpy().tobytes() if image is not None else None
-    return loaded
+    return {k: v for k, v in results.items() if k in wanted or k == "dcp_state"}
 
 
 def _apply(storage: Storage, state: TrainState, ranks: Ranks, cand: layout.Candidate,
            loaded: dict[str, Any]) -> None:
-    if cand.manifest.mode == "sharded":
-        m = cand.manifest
-        pre = f"{_prefix(cand)}{sharded.DIRNAME}/"
-        total = sum(e.size for n, e in m.files.items() if n.startswith(pre)
-                    and sharded.writer_rank(n) % ranks.world_size == ranks.rank)
-        meter = Meter("load", cand.step, total, ranks.rank)
-        sharded.load(storage, state, f"{cand.path}/{pre.rstrip('/')}", m, _prefix(cand),
-                     (ranks.rank, ranks.world_size), loaded["dcp_metadata"], meter)
-        meter.finish()
+    if "dcp_state" in loaded:
+        sharded.finish(state, loaded["dcp_state"])
+    elif cand.manifest.mode == "sharded":  # format 1: DCP's own collective load
+        sharded.load_format1(storage, state, f"{cand.path}/{_prefix(cand)}{sharded.DIRNAME}")
     else:
         state.module.load_state_dict(loaded["model"])
         if "optimizer" in loaded:
@@ -211,7 +221,7 @@ def resume(storage: Storage, state: TrainState, ranks: Ranks, threads: int = 1) 
             try:
                 _apply(storage, state, ranks, cand, loaded)
             except layout.CheckpointCorruptError as exc:  # a shard stream, on every rank
-                error = str(exc)  # alike: DCP gathered every rank's failure
+                error = str(exc)  # alike: the ranks agreed on every rank's failure
             else:
                 if ranks.rank == 0:
                     log.warning("resumed from %s (step %d)", cand.path, cand.step)
@@ -220,7 +230,7 @@ def resume(storage: Storage, state: TrainState, ranks: Ranks, threads: int = 1) 
         bad = "; ".join(dict.fromkeys(e for e in ranks.gather(error) if e))
         errors.append(bad)
         if ranks.rank == 0:
-            log.error("checkpoint %s is corrupt, falling back to the previous one: %s",
+            log.error("checkpoint %s cannot be loaded, falling back to the previous one: %s",
                       cand.path, bad)
             print(f"fi-dist: checkpoint step {cand.step} rejected: {bad}", flush=True)
     if candidates:

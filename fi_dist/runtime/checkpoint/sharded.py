@@ -5,9 +5,10 @@ DCP plans and reshards; the bytes go through fi-dist's own storage layer
 ``dcp/__<rank>_<n>.distcp`` on ``threads`` threads, checksummed as they are written,
 and lists its files in its part of the manifest.
 
-On load every rank reads and verifies ``.metadata`` before the ranks agree; then DCP
-loads, and each rank streams its own files (``__<rank>_*``) into the live shards,
-verifying them as they are read (a damaged file fails the load on every rank alike).
+On load every rank reads and verifies ``.metadata``, plans with DCP's load planner
+and streams its own files (``__<rank>_*``) into the live shards, verifying them as they
+are read; then the ranks agree, and only then is the state handed to the model and
+optimizer (a damaged file on any rank fails the load on every rank alike).
 Format-1 checkpoints (DCP's own file format): each rank verifies its share of the files
 before the ranks agree, and DCP's own reader loads them.
 """
@@ -46,6 +47,18 @@ def writer_rank(name: str) -> int:
     """The rank that wrote shard file ``name`` (``__<rank>_<n>.distcp``; others: rank 0)."""
     m = _OWNER.match(_base(name))
     return int(m.group(1)) if m else 0
+
+
+def own_files(manifest: layout.Manifest, prefix: str, world: tuple[int, int]) -> list[str]:
+    """The manifest names of the shard files that rank ``world[0]`` of ``world[1]`` reads.
+
+    Each file is streamed and verified by one rank (its writer's rank, modulo the world
+    size, so a smaller job still reads every file); ``.metadata`` is every rank's.
+    """
+    rank, world_size = world
+    lead = f"{prefix}{DIRNAME}/"
+    return [n for n in manifest.files if n.startswith(lead) and n != f"{lead}.metadata"
+            and writer_rank(n) % world_size == rank]
 
 
 def save(storage: Storage, state: TrainState, workdir: str, prefix: str,
@@ -109,47 +122,82 @@ def read_image(storage: Storage, path: str, entry: layout.FileEntry,
     return image
 
 
-def load(storage: Storage, state: TrainState, path: str, manifest: layout.Manifest,
-         prefix: str, world: tuple[int, int], metadata: bytes | None,
-         meter: Meter | None = None) -> None:
-    """DCP load into the live model and optimizer (collective).
+def stream(storage: Storage, state: TrainState, path: str, manifest: layout.Manifest,
+           prefix: str, world: tuple[int, int], metadata: bytes,
+           meter: Meter | None = None) -> dict[str, Any]:
+    """Read this rank's pieces of a format-2 sharded checkpoint into the live state.
+
+    No collective: DCP's default load planner needs no global coordination ("the
+    default load behavior involved no global coordination"), so each rank plans alone
+    and streams at once, instead of spending three object collectives and a barrier
+    (``dcp.load``) on a plan that never changes. The caller agrees with the other
+    ranks afterwards, and calls :func:`finish` only when every rank succeeded.
 
     Args:
         path: the checkpoint's ``dcp`` directory.
-        manifest: the checkpoint's manifest (format; entries to verify what is read).
+        manifest: the checkpoint's manifest (entries to verify what is read).
         prefix: the files' prefix in the manifest.
         world: (this rank, world size): which files this rank streams and verifies.
-        metadata: format 2: the ``.metadata`` bytes, read and verified already.
+        metadata: the ``.metadata`` bytes, read and verified already.
+
+    Returns:
+        The state dict the pieces were read into, for :func:`finish`.
 
     Raises:
-        CheckpointCorruptError: on every rank alike, when a shard file fails its check
-            on any rank (format 2; the live state may then be partly overwritten).
+        CheckpointCorruptError: naming why (a damaged file, or a checkpoint that does
+            not fit the model); the live state may then be partly overwritten.
     """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    from fi_dist.runtime.checkpoint.dcp_storage import ShardReader
+
+    lead = f"{prefix}{DIRNAME}/"
+    entries = {n[len(lead):]: e for n, e in manifest.files.items() if n.startswith(lead)}
+    mine = {n[len(lead):] for n in own_files(manifest, prefix, world)}
+    reader = ShardReader(storage, path, entries, mine, metadata, meter.add if meter else None)
+    sd = _state(state)
+    try:
+        planner = DefaultLoadPlanner()
+        meta = reader.read_metadata()
+        planner.set_up_planner(sd, meta, world[0] == 0)
+        reader.set_up_storage_reader(meta, world[0] == 0)
+        plan = reader.prepare_local_plan(planner.create_local_plan())
+        (plan,) = reader.prepare_global_plan(planner.create_global_plan([plan]))
+        reader.read_data(planner.finish_plan(plan), planner).wait()
+    except layout.CheckpointError:
+        raise
+    # Whatever DCP raises (a key the checkpoint lacks, a shape that differs): the ranks
+    # must still reach their agreement, and the previous checkpoint may well fit.
+    except Exception as exc:
+        raise layout.CheckpointCorruptError(f"{path}: {exc}") from None
+    return sd
+
+
+def finish(state: TrainState, sd: dict[str, Any]) -> None:
+    """Hand the state dict read by :func:`stream` to the model and optimizer."""
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    from fi_dist.runtime.checkpoint.dcp_storage import METADATA, ShardReader
-
-    sd = _state(state)
-    reader: Any
-    if manifest.format >= 2:
-        lead = f"{prefix}{DIRNAME}/"
-        entries = {n[len(lead):]: e for n, e in manifest.files.items() if n.startswith(lead)}
-        rank, world_size = world
-        mine = {n for n in entries if n != METADATA and writer_rank(n) % world_size == rank}
-        reader = ShardReader(storage, path, entries, mine, metadata or b"",
-                             meter.add if meter else None)
-    elif storage.local:
-        reader = dcp.FileSystemReader(path)
-    else:
-        reader = dcp.FsspecReader(f"{storage.protocol}://{path}")  # type: ignore[attr-defined]
-    try:
-        dcp.load(sd, storage_reader=reader)
-    except CheckpointException as exc:  # DCP raises it on every rank, with every failure
-        why = "; ".join(dict.fromkeys(str(f[0]) if isinstance(f, tuple) else str(f)
-                                      for f in exc.failures.values()))
-        raise layout.CheckpointCorruptError(why) from None
     optims = [state.optimizer] if state.optimizer is not None else []
     set_state_dict(state.model, optims, model_state_dict=sd["model"],
                    optim_state_dict=sd.get("optim", {}))
+
+
+def load_format1(storage: Storage, state: TrainState, path: str) -> None:
+    """DCP's own collective load with its own reader (fi-dist's format-1 checkpoints).
+
+    Raises:
+        CheckpointCorruptError: on every rank alike (DCP gathers every rank's failure).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    sd = _state(state)
+    reader: Any = (dcp.FileSystemReader(path) if storage.local
+                   else dcp.FsspecReader(f"{storage.protocol}://{path}"))  # type: ignore[attr-defined]
+    try:
+        dcp.load(sd, storage_reader=reader)
+    except CheckpointException as exc:
+        why = "; ".join(dict.fromkeys(str(f[0]) if isinstance(f, tuple) else str(f)
+                                      for f in exc.failures.values()))
+        raise layout.CheckpointCorruptError(why) from None
+    finish(state, sd)
