@@ -6,6 +6,8 @@ import logging
 import os
 import random
 import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +161,30 @@ def test_sync_save_and_manual_maybe_save(tmp_path: Path) -> None:
                             "rank-00000.safetensors"}
     assert m.meta["reason"] == "periodic" and m.world_size == 1
     job.ck.close()
+
+
+def _save_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "fi-dist-save"]
+
+
+def test_async_saves_share_one_writer_thread_that_close_ends(tmp_path: Path) -> None:
+    before = len(_save_threads())
+    job = Job(tmp_path, keep_last=2)
+    job.ck.resume()
+    seen = set()
+    for step in (1, 2, 3):
+        job.step()
+        job.ck.save(step, block=False)
+        seen |= {t.ident for t in _save_threads()}
+        assert job.ck.stall_seconds is not None and job.ck.stall_seconds > 0
+    job.ck.finish()
+    assert _steps(tmp_path) == [2, 3]
+    assert len(seen) == before + 1  # one thread served all three saves
+    job.ck.close()
+    deadline = time.monotonic() + 10
+    while len(_save_threads()) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_save_threads()) == before
 
 
 def test_deadline_warning_when_a_save_would_not_fit(tmp_path: Path, caplog) -> None:

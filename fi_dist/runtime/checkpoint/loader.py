@@ -30,8 +30,6 @@ from fi_dist.runtime.checkpoint.storage import Storage
 log = logging.getLogger("fi_dist.checkpoint")
 
 LEGACY_SUFFIX = ".pt"
-RESUME_THREADS = 4
-"""Files read at once on resume (reads wait on the disk; the loop is not running yet)."""
 
 
 def read_file(storage: Storage, path: str, entry: layout.FileEntry,

@@ -81,9 +81,10 @@ class Checkpointer:
     def resume(self) -> int:
         """Load the latest complete checkpoint (collective); returns the step to start from."""
         if self.start_step is None:
-            # Nothing else runs during a resume: read up to 4 files at once.
-            threads = max(self.cfg.io_threads or 1, loader.RESUME_THREADS)
-            self.start_step = loader.resume(self.storage, self.state, self.ranks, threads)
+            # As many files at once as a save writes: on one disk, reading several files
+            # at once interleaves them and reads slower than one after the other.
+            self.start_step = loader.resume(self.storage, self.state, self.ranks,
+                                            self.cfg.io_threads or 1)
             self.last_saved = self.start_step or None
         return self.start_step
 
@@ -172,8 +173,7 @@ class Checkpointer:
         plan = writer.SavePlan(step, self.rank, self.world_size, self.nonce, workdir, final,
                                files, "sharded" if self.sharded else "replicated", meta,
                                prefix, threads)
-        self.stall_seconds = time.perf_counter() - t0
-        copy_seconds = self.stall_seconds
+        copy_seconds = time.perf_counter() - t0
 
         def job() -> None:
             writer.run_save(self.storage, self.exchange, plan, self._retention)
@@ -195,6 +195,7 @@ class Checkpointer:
         else:
             self._pending = (step, copy_seconds)
             self.bg.submit(job, step)
+            self.stall_seconds = time.perf_counter() - t0  # all the loop waited for
         self.last_saved = step
 
     def _host_files(self, copy: bool) -> dict[str, Any]:
@@ -267,6 +268,7 @@ class Checkpointer:
         if not self._closed:
             self._closed = True
             self.monitor.uninstall(restore_signals)
+            self.bg.close()
 
 
 def _fmt(value: float | None) -> str:

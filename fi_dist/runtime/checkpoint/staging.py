@@ -58,6 +58,8 @@ class HostStaging:
                 out._metadata = meta  # type: ignore[attr-defined]
             return out
         if isinstance(obj, list | tuple):
+            if all(v is None or type(v) in _IMMUTABLE for v in obj):
+                return list(obj) if isinstance(obj, list) else obj  # python's RNG: 625 ints
             vals = [self.snapshot(v, (*key, i), copy_host) for i, v in enumerate(obj)]
             return vals if isinstance(obj, list) else tuple(vals)
         return copy.deepcopy(obj)
