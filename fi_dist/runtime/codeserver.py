@@ -346,17 +346,27 @@ class Background:
 
     def __init__(self, debug: DebugSettings, folder: Path, run_dir: str | None) -> None:
         self._done = threading.Event()
+        self._up = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(debug, folder, run_dir),
                                         name="fi-dist-code-server", daemon=True)
         self._thread.start()
 
     def _run(self, debug: DebugSettings, folder: Path, run_dir: str | None) -> None:
         server = start_beside_hub(debug, folder, run_dir)
+        if server is not None:
+            self._up.set()
         self._done.wait()
         if server is not None:
             server.stop()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop code-server (once it is up, if it is still starting)."""
+    def stop(self, linger: float = 0.0, timeout: float = 30.0) -> None:
+        """Stop code-server (once it is up, if it is still starting).
+
+        Args:
+            linger: seconds it stays up first, when it is up: the browser still has to
+                show what the job's end did (debug sessions ended) before it goes.
+        """
+        if linger > 0 and self._up.is_set():
+            time.sleep(linger)
         self._done.set()
         self._thread.join(timeout)

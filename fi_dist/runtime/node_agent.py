@@ -27,6 +27,9 @@ from fi_dist.runtime.environment import NodeEnvironment
 
 log = logging.getLogger("fi_dist.node_agent")
 
+IDE_LINGER = 2.0
+"""Seconds the browser IDE stays up after the job (only with --code-server, once it is up)."""
+
 
 def torchrun_args(node: NodeEnvironment, log_dir: Path | None, script_argv: list[str]) -> list[str]:
     """torchrun's command line for this node: static rendezvous on the master."""
@@ -143,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         code = 128 + int(sigval) if sigval is not None else 1
     finally:
         launched.set()
-        if ide is not None:
-            ide.stop()
+        # The hub first: its IDE sessions end, and the browser IDE gets a moment to show
+        # that before it goes away with the job.
         if hub is not None:
             hub.stop()
+        if ide is not None:
+            ide.stop(linger=IDE_LINGER)
     result["exitcode"] = code
     result["ended"] = time.time()
     if culler is not None:  # the culler ended this node: IDLE_EXIT_CODE, not retried

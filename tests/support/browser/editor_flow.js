@@ -94,11 +94,18 @@ async function command(page, title) {
 }
 
 /** Evaluate in the Debug Console of the focused session; returns the answer's text. */
-async function evaluate(page, expression) {
+async function evaluate(page, expression, session) {
   const input = page.locator('.repl .repl-input-wrapper .monaco-editor textarea');
   if (!(await input.isVisible())) await page.keyboard.press('Control+Shift+Y');
   await input.waitFor({ timeout: 30000 });
   await input.focus();
+  // The console follows the CALL STACK's focus a moment after the click: evaluating
+  // before its session picker shows `session` would ask the previous session.
+  await until(`the Debug Console on ${session}`, async () => {
+    const shown = await page.$$eval('[id="workbench.panel.repl"] select', (els) =>
+      els.map((e) => (e.options[e.selectedIndex]?.text || '').replace(/\s+/g, ' ').trim()));
+    return shown.includes(session) ? true : undefined;
+  }, 10000, 100);
   const before = await page.$$eval('.repl .monaco-list-row', (r) => r.length);
   await page.keyboard.type(expression);
   await page.keyboard.press('Enter');
@@ -211,9 +218,9 @@ async function run(page) {
   // Evaluate in two sessions.
   const last = labels[world - 1];
   await selectRank(page, last);
-  const a = await evaluate(page, 'dist.get_rank()');
+  const a = await evaluate(page, 'dist.get_rank()', last);
   await selectRank(page, labels[0]);
-  const b = await evaluate(page, 'dist.get_rank()');
+  const b = await evaluate(page, 'dist.get_rank()', labels[0]);
   say('evaluated', { [last]: a, [labels[0]]: b });
   if (a !== String(world - 1) || b !== '0') throw new Error(`dist.get_rank() gave ${a}, ${b}`);
   await shot(page, 'evaluated.png');
