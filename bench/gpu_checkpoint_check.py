@@ -112,13 +112,22 @@ def replicated(mb: int, root: Path) -> list[str]:
           f"({nbytes / copy / 1e9:.1f} GB/s), stall / bare copy {stall / copy:.2f}; "
           f"sync save {nbytes / sync / MiB:.0f} MiB/s; stalls {[round(s * 1e3, 1) for s in stalls]}")
     ck.close()
-    fresh = build(mb, 1, shard=False)
-    ck2 = Checkpointer(str(root / "ddp"), model=fresh[0], optimizer=fresh[1])
+    return resume_and_compare((model, opt), mb, root / "ddp", 10)
+
+
+def resume_and_compare(saved: tuple[torch.nn.Module, torch.optim.Optimizer], mb: int,
+                       ckdir: Path, step: int) -> list[str]:
+    """Resume a freshly built model of the same kind from ``ckdir``; what differs."""
+    from fi_dist.runtime.checkpoint import Checkpointer
+    from fi_dist.runtime.checkpoint.state import is_sharded
+
+    fresh = build(mb, 1, shard=is_sharded(saved[0]))
+    ck = Checkpointer(str(ckdir), model=fresh[0], optimizer=fresh[1])
     t0 = time.perf_counter()
-    step = ck2.resume()
-    print(f"   resume onto CUDA: step {step} in {(time.perf_counter() - t0) * 1e3:.0f} ms")
-    ck2.close()
-    return same((model, opt), fresh) + ([] if step == 10 else [f"resumed step {step} != 10"])
+    got = ck.resume()
+    print(f"   resume onto CUDA: step {got} in {(time.perf_counter() - t0) * 1e3:.0f} ms")
+    ck.close()
+    return same(saved, fresh) + ([] if got == step else [f"resumed step {got} != {step}"])
 
 
 def sharded(mb: int, root: Path) -> list[str]:
@@ -133,14 +142,8 @@ def sharded(mb: int, root: Path) -> list[str]:
     print(f"   FSDP2 DCP save {(time.perf_counter() - t0) * 1e3:.0f} ms; agreement group "
           f"backend: {'gloo (own group)' if ck.ranks.group is not None else 'default'}")
     ck.close()
-    fresh = build(mb, 1, shard=True)
-    ck2 = Checkpointer(str(root / "fsdp"), model=fresh[0], optimizer=fresh[1])
-    t0 = time.perf_counter()
-    step = ck2.resume()
-    print(f"   FSDP2 resume onto CUDA: step {step} in {(time.perf_counter() - t0) * 1e3:.0f} ms")
     bad = [] if ck.ranks.group is not None else ["checkpoint agreement runs on NCCL"]
-    ck2.close()
-    return bad + same((model, opt), fresh) + ([] if step == 3 else [f"resumed step {step} != 3"])
+    return bad + resume_and_compare((model, opt), mb, root / "fsdp", 3)
 
 
 def main() -> int:
