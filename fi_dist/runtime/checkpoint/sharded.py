@@ -155,8 +155,8 @@ def stream(storage: Storage, state: TrainState, path: str, manifest: layout.Mani
     entries = {n[len(lead):]: e for n, e in manifest.files.items() if n.startswith(lead)}
     mine = {n[len(lead):] for n in own_files(manifest, prefix, world)}
     reader = ShardReader(storage, path, entries, mine, metadata, meter.add if meter else None)
-    sd = _state(state)
     try:
+        sd = _state(state)
         planner = DefaultLoadPlanner()
         meta = reader.read_metadata()
         planner.set_up_planner(sd, meta, world[0] == 0)
