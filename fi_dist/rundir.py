@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ EDITOR_FILE = "editor.json"
 """In a run directory: node 0's code-server URL and the path of its password file."""
 
 
+_UPDATES = threading.Lock()
+"""Serialises read-modify-writes of records within a process (a rank's heartbeat thread,
+its debug agent and its main thread all update the rank's record)."""
+
+
 def write_json(path: Path, data: dict[str, Any], mode: int | None = None) -> None:
     """Write ``data`` to ``path`` atomically; ``mode`` as in :func:`write_text_atomic`."""
     text = json.dumps(data, indent=2, sort_keys=True)
@@ -51,7 +57,9 @@ def write_json(path: Path, data: dict[str, Any], mode: int | None = None) -> Non
         write_text_atomic(path, text, mode)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # One temporary file per thread: two threads writing into one would interleave
+    # their bytes (the longer write's tail after the shorter one's end).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -158,15 +166,18 @@ class RunDir:
         return read_json(self.path / "run.json") or {}
 
     def update_run(self, **fields: Any) -> None:
-        data = self.read_run()
-        data.update(fields)
-        self.write_run(data)
+        with _UPDATES:
+            data = self.read_run()
+            data.update(fields)
+            self.write_run(data)
 
     def write_rank(self, rank: int, **fields: Any) -> None:
-        data = read_json(self.rank_file(rank)) or {}
-        data.update(fields)
-        data["updated"] = time.time()
-        write_json(self.rank_file(rank), data)
+        """Merge ``fields`` into the rank's record (threads of one process: none lost)."""
+        with _UPDATES:
+            data = read_json(self.rank_file(rank)) or {}
+            data.update(fields)
+            data["updated"] = time.time()
+            write_json(self.rank_file(rank), data)
 
     def _indexed(self, sub: str) -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}

@@ -7,12 +7,15 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from tests.support.cli import REPO, CliResult, fi_dist_cmd
 from tests.support.debug_job import DebugJob, StandaloneHub
 from tests.support.hang_job import HangJob
+
+J = TypeVar("J", DebugJob, HangJob)
 
 
 @pytest.fixture(autouse=True)
@@ -55,23 +58,27 @@ def crds_dir() -> Path:
     return path
 
 
-@pytest.fixture
-def debug_job(tmp_path: Path) -> Iterator[Callable[..., DebugJob]]:
-    """Start ``fi-dist run --debug`` jobs in ``tmp_path``; every one is stopped afterwards.
+def _jobs(tmp_path: Path, kind: type[J]) -> Iterator[Callable[..., J]]:
+    """A starter of ``kind`` jobs in ``tmp_path``; every job it started is stopped after."""
+    jobs: list[J] = []
 
-    ``debug_job(nnodes, nproc, env, extra=())`` returns the running :class:`DebugJob`.
-    """
-    jobs: list[DebugJob] = []
-
-    def start(nnodes: int, nproc: int, env: dict[str, str],
-              extra: tuple[str, ...] = ()) -> DebugJob:
-        job = DebugJob(tmp_path, nnodes, nproc, env, extra=extra)
+    def start(nnodes: int, nproc: int, env: dict[str, str], extra: tuple[str, ...] = ()) -> J:
+        job = kind(tmp_path, nnodes, nproc, env, extra=extra)
         jobs.append(job)
         return job
 
     yield start
     for job in jobs:
         job.stop()
+
+
+@pytest.fixture
+def debug_job(tmp_path: Path) -> Iterator[Callable[..., DebugJob]]:
+    """Start ``fi-dist run --debug`` jobs in ``tmp_path``; every one is stopped afterwards.
+
+    ``debug_job(nnodes, nproc, env, extra=())`` returns the running :class:`DebugJob`.
+    """
+    yield from _jobs(tmp_path, DebugJob)
 
 
 @pytest.fixture
@@ -80,17 +87,7 @@ def hang_job(tmp_path: Path) -> Iterator[Callable[..., HangJob]]:
 
     ``hang_job(nnodes, nproc, env, extra=())`` returns the running :class:`HangJob`.
     """
-    jobs: list[HangJob] = []
-
-    def start(nnodes: int, nproc: int, env: dict[str, str],
-              extra: tuple[str, ...] = ()) -> HangJob:
-        job = HangJob(tmp_path, nnodes, nproc, env, extra=extra)
-        jobs.append(job)
-        return job
-
-    yield start
-    for job in jobs:
-        job.stop()
+    yield from _jobs(tmp_path, HangJob)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,31 @@ def test_a_later_debugger_state_never_overwrites_the_failure_record(tmp_path: Pa
     assert (record["state"], record["exitcode"], record["error"], record["ended"]) == (
         "failed", 1, "ValueError: deliberate", 12.5)
     assert told == ["post-mortem: ValueError", "exited 1"]
+
+
+def test_threads_writing_one_rank_record_leave_valid_json_with_every_field(tmp_path: Path) -> None:
+    """The heartbeat's thread and the task's own record writer run in one process: the
+    record is never torn (two writes into one temporary file) and no field is lost."""
+    run = RunDir(tmp_path)
+    start = threading.Barrier(4)
+
+    def writer(t: int) -> None:
+        start.wait()
+        for i in range(150):
+            # Values of varying length: a torn file shows as text after the JSON's end.
+            run.write_rank(0, **{f"t{t}": "x" * (i % 40), "pid": 7})
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for _ in range(300):
+        text = run.rank_file(0).read_text() if run.rank_file(0).exists() else "{}"
+        json.loads(text)  # raises on a torn file
+    for th in threads:
+        th.join()
+    record = json.loads(run.rank_file(0).read_text())
+    assert {f"t{t}" for t in range(4)} <= set(record), record
+    assert [p.name for p in (tmp_path / "ranks").iterdir()] == ["0.json"]  # no temp left
 
 
 def test_a_listener_that_fails_does_not_fail_the_rank(tmp_path: Path) -> None:
