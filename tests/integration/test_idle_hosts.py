@@ -178,8 +178,10 @@ def test_decorator_keeps_an_active_session_and_ends_a_forgotten_one(tmp_path: Pa
     assert f"whole {window:g}s window" in out
     # The pod's private run directory (no launcher made one): its culler's last sample.
     base = Path(tempfile.gettempdir()) / f"fi-dist-{os.getuid()}"
+    # (Other runs' pod directories may lie beside it: only this task's pid counts.)
     pod = next(d for d in base.glob("task-*-node0")
-               if json.loads((d / "ranks" / "0.json").read_text()).get("pid") == proc.pid)
+               if (rundir.read_json(d / "ranks" / "0.json") or {}).get("pid") == proc.pid)
+    assert rundir.read_json(pod / "ranks" / "0.json") is not None  # never torn
     idle = json.loads((pod / "nodes" / "0.idle.json").read_text())
     # Within the window + 2 samples of the last client action; the activity note it left
     # is throttled to one a second, so up to 1 s earlier.
