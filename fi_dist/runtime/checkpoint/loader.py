@@ -165,7 +165,7 @@ def _read_candidate(storage: Storage, state: TrainState, ranks: Ranks,
     return {k: v for k, v in results.items() if k in wanted or k == "dcp_state"}
 
 
-def _apply(storage: Storage, state: TrainState, ranks: Ranks, cand: layout.Candidate,
+def _apply(storage: Storage, state: TrainState, cand: layout.Candidate,
            loaded: dict[str, Any]) -> None:
     if "dcp_state" in loaded:
         sharded.finish(state, loaded["dcp_state"])
@@ -217,7 +217,7 @@ def resume(storage: Storage, state: TrainState, ranks: Ranks, threads: int = 1) 
             error, loaded = f"rank {ranks.rank}: {exc}", {}
         if ranks.all_true(not error):
             try:
-                _apply(storage, state, ranks, cand, loaded)
+                _apply(storage, state, cand, loaded)
             except layout.CheckpointCorruptError as exc:  # a shard stream, on every rank
                 error = str(exc)  # alike: the ranks agreed on every rank's failure
             else:
