@@ -304,6 +304,84 @@ def test_dcp_shard_files_round_trip_through_fi_dist_storage(tmp_path: Path) -> N
     assert "__0_1.distcp: checksum mismatch" in str(info.value)
 
 
+def _planned_load(tmp_path: Path, entries: dict, target: dict, mine: set[str]) -> list[int]:
+    """Load the save in ``tmp_path/dcp`` the way a sharded resume does: planned beside
+    the stream. Returns the bytes streamed."""
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    from fi_dist.runtime.checkpoint.dcp_plan import PlanAhead
+    from fi_dist.runtime.checkpoint.dcp_storage import ShardReader
+
+    seen: list[int] = []
+    reader = ShardReader(Storage(str(tmp_path)), f"{tmp_path}/dcp", entries, mine,
+                         (tmp_path / "dcp" / ".metadata").read_bytes(), seen.append)
+    md = reader.read_metadata()
+    planner = DefaultLoadPlanner()
+    planner.set_up_planner(target, md, True)
+    reader.set_up_storage_reader(md, True)
+    plan = PlanAhead.of(planner, reader.own_keys())
+    try:
+        reader.read_planned(plan, planner)
+    finally:
+        plan.close()
+    return seen
+
+
+def test_a_plan_worked_out_beside_the_stream_is_dcps_plan(tmp_path: Path) -> None:
+    """Key by key on a helper thread, in the order the files hold the keys: the same reads
+    as DCP's planner makes for the whole state, the same state loaded; a piece that does
+    not fit fails the load naming the sizes."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import create_default_local_load_plan
+
+    from fi_dist.runtime.checkpoint.dcp_plan import PlanAhead
+    from fi_dist.runtime.checkpoint.dcp_storage import ShardReader, ShardWriter
+
+    state = {f"layer{i}": {"w": torch.randn(17, 9), "b": torch.randn(9).bfloat16()}
+             for i in range(6)}
+    state["step"] = torch.tensor(7)
+    state["extra"] = {"epoch": 4, "name": "x"}
+    writer = ShardWriter(Storage(str(tmp_path)), f"{tmp_path}/dcp", threads=2)
+    dcp.save(state, storage_writer=writer, no_dist=True)
+
+    def blank() -> dict:
+        return {**{k: {"w": torch.zeros(17, 9), "b": torch.zeros(9).bfloat16()}
+                   for k in state if k.startswith("layer")},
+                "step": torch.tensor(0), "extra": {"epoch": 0, "name": ""}}
+
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+
+    flat, _ = flatten_state_dict(blank())
+    md = ShardReader(Storage(str(tmp_path)), "", {}, set(),
+                     (tmp_path / "dcp" / ".metadata").read_bytes()).read_metadata()
+    reversed_keys = list(reversed(flat))
+    ahead = PlanAhead.start(flat, md, reversed_keys[:3])
+    reads = ahead.all()
+    assert sorted(map(repr, reads)) == sorted(map(repr, create_default_local_load_plan(flat, md).items))
+    assert [r.dest_index.fqn for r in reads[:3]] == reversed_keys[:3]  # planned first
+
+    for mine in ({"__0_0.distcp", "__0_1.distcp"}, set()):  # streamed; read as byte ranges
+        target = blank()
+        seen = _planned_load(tmp_path, writer.entries, target, mine)
+        for k, v in state.items():
+            if k.startswith("layer"):
+                assert torch.equal(target[k]["w"], v["w"]) and torch.equal(target[k]["b"], v["b"])
+        assert int(target["step"]) == 7 and target["extra"] == {"epoch": 4, "name": "x"}
+        assert sum(seen) == (sum(writer.entries[n].size for n in mine) if mine else 0)
+
+    mine = {"__0_0.distcp", "__0_1.distcp"}
+    misfit = blank()
+    misfit["layer3"]["w"] = torch.zeros(17, 10)
+    with pytest.raises(ValueError, match=r"Size mismatch .*\[17, 9\].*\[17, 10\].* layer3\.w"):
+        _planned_load(tmp_path, writer.entries, misfit, mine)
+    grown = {**blank(), "layer9": {"w": torch.zeros(17, 9)}}  # DCP's planner, whole
+    with pytest.raises(RuntimeError, match=r"Missing key in checkpoint state_dict: layer9\.w"):
+        _planned_load(tmp_path, writer.entries, grown, mine)
+    part = {k: v for k, v in blank().items() if k != "layer0"}  # the rest loads
+    _planned_load(tmp_path, writer.entries, part, mine)
+    assert torch.equal(part["layer5"]["w"], state["layer5"]["w"]) and int(part["step"]) == 7
+
+
 def test_status_shows_a_checkpoint_in_progress(tmp_path: Path, monkeypatch, capsys) -> None:
     import os
 

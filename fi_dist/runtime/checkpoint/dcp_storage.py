@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,11 +37,13 @@ from torch.distributed.checkpoint import (
     StorageReader,
     StorageWriter,
 )
+from torch.distributed.checkpoint.metadata import MetadataIndex
 from torch.distributed.checkpoint.planner import LoadItemType, ReadItem, WriteItem, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from fi_dist.runtime.checkpoint import layout, tensorfile
+from fi_dist.runtime.checkpoint.dcp_plan import PlanAhead
 from fi_dist.runtime.checkpoint.hashing import HashingReader, HashingWriter
 from fi_dist.runtime.checkpoint.storage import Storage
 
@@ -158,6 +161,8 @@ class ShardReader(StorageReader):
     which DCP reports on every rank alike, so the ranks still move on together. Pieces
     a rank needs from a file another rank owns (a replicated value DCP saved once) are
     read as byte ranges: that file's owner verifies all of it in the same load.
+    :meth:`read_planned` takes the plan as it is being worked out (fi-dist's resume);
+    ``read_data`` (DCP's interface) a finished one.
 
     Args:
         storage: where the files are.
@@ -178,6 +183,7 @@ class ShardReader(StorageReader):
         self.metadata_bytes = metadata
         self.on_bytes = on_bytes
         self.storage_data: dict[Any, Any] = {}
+        self._pieces: dict[str, list[MetadataIndex]] = {}
 
     def reset(self, checkpoint_id: Any = None) -> None:
         pass
@@ -188,6 +194,14 @@ class ShardReader(StorageReader):
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any,
                               **kwargs: Any) -> None:
         self.storage_data = metadata.storage_data
+        self._pieces = {}
+        for index, (name, *_) in sorted(metadata.storage_data.items(),
+                                          key=lambda kv: kv[1][1]):
+            self._pieces.setdefault(name, []).append(index)
+
+    def own_keys(self) -> list[str]:
+        """The state-dict keys of this rank's own files, in the order the bytes lie."""
+        return [index.fqn for name in sorted(self.mine) for index in self._pieces.get(name, [])]
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
         return plan
@@ -196,21 +210,32 @@ class ShardReader(StorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
-        by_file: dict[str, list[ReadItem]] = {}
-        for req in plan.items:
-            by_file.setdefault(self.storage_data[req.storage_index][0], []).append(req)
-        for name in sorted(set(by_file) | self.mine):
-            reqs = sorted(by_file.get(name, []), key=lambda r: self.storage_data[r.storage_index][1])
-            if name in self.mine:
-                self._stream(name, reqs, planner)
-            else:
-                for req in reqs:
-                    self._serve(req, planner, self._range(name, req))
+        self.read_planned(PlanAhead.done(plan), planner)
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut
 
-    def _stream(self, name: str, reqs: list[ReadItem], planner: LoadPlanner) -> None:
+    def read_planned(self, plan: PlanAhead, planner: LoadPlanner) -> None:
+        """Stream this rank's own files, each piece as soon as ``plan`` has its reads; then
+        read the pieces this rank needs from other ranks' files."""
+        for name in sorted(self.mine):
+            self._stream(name, self._in_order(name, plan), planner)
+        elsewhere: dict[str, list[ReadItem]] = {}
+        for req in plan.all():
+            name = self.storage_data[req.storage_index][0]
+            if name not in self.mine:
+                elsewhere.setdefault(name, []).append(req)
+        for name in sorted(elsewhere):
+            for req in sorted(elsewhere[name], key=lambda r: self.storage_data[r.storage_index][1]):
+                self._serve(req, planner, self._range(name, req))
+
+    def _in_order(self, name: str, plan: PlanAhead) -> Iterator[ReadItem]:
+        for index in self._pieces.get(name, []):
+            for req in plan.items(index.fqn):
+                if req.storage_index == index:
+                    yield req
+
+    def _stream(self, name: str, reqs: Iterable[ReadItem], planner: LoadPlanner) -> None:
         path, entry = f"{self.path}/{name}", self.entries[name]
         late: list[ReadItem] = []
         pickled: list[tuple[ReadItem, bytes]] = []

@@ -130,7 +130,9 @@ def stream(storage: Storage, state: TrainState, path: str, manifest: layout.Mani
     No collective: DCP's default load planner needs no global coordination ("the
     default load behavior involved no global coordination"), so each rank plans alone
     and streams at once, instead of spending three object collectives and a barrier
-    (``dcp.load``) on a plan that never changes. The caller agrees with the other
+    (``dcp.load``) on a plan that never changes. The plan is worked out key by key
+    beside the stream (:class:`~fi_dist.runtime.checkpoint.dcp_plan.PlanAhead`), so the
+    first read does not wait for the whole of it. The caller agrees with the other
     ranks afterwards, and calls :func:`finish` only when every rank succeeded.
 
     Args:
@@ -149,6 +151,7 @@ def stream(storage: Storage, state: TrainState, path: str, manifest: layout.Mani
     """
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
+    from fi_dist.runtime.checkpoint.dcp_plan import PlanAhead
     from fi_dist.runtime.checkpoint.dcp_storage import ShardReader
 
     lead = f"{prefix}{DIRNAME}/"
@@ -161,9 +164,13 @@ def stream(storage: Storage, state: TrainState, path: str, manifest: layout.Mani
         meta = reader.read_metadata()
         planner.set_up_planner(sd, meta, world[0] == 0)
         reader.set_up_storage_reader(meta, world[0] == 0)
-        plan = reader.prepare_local_plan(planner.create_local_plan())
-        (plan,) = reader.prepare_global_plan(planner.create_global_plan([plan]))
-        reader.read_data(planner.finish_plan(plan), planner).wait()
+        # The default planner's global step and finish, and this reader's plan hooks,
+        # change nothing: the local plan is the plan.
+        plan = PlanAhead.of(planner, reader.own_keys())
+        try:
+            reader.read_planned(plan, planner)
+        finally:
+            plan.close()
     except layout.CheckpointError:
         raise
     # Whatever DCP raises (a key the checkpoint lacks, a shape that differs): the ranks
