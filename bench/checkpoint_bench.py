@@ -81,6 +81,28 @@ def _materialise(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
     opt.step()  # materialise Adam's exp_avg / exp_avg_sq
 
 
+def state_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every tensor an async save snapshots: parameters, buffers, optimizer state."""
+    out = [t.detach() for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
+    return out + [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+
+
+def bare_copy_seconds(tensors: list[torch.Tensor], repeats: int) -> float:
+    """Median time of a bare copy of ``tensors`` into reused host buffers (pinned for device
+    tensors): the floor of any snapshot that copies, fi-dist's included."""
+    bufs = [torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
+            for t in tensors]
+    times = []
+    for _ in range(repeats + 1):  # the first copy faults the buffers in: not counted
+        t0 = time.perf_counter()
+        for b, t in zip(bufs, tensors, strict=True):
+            b.copy_(t, non_blocking=t.device.type == "cuda")
+        if any(t.device.type == "cuda" for t in tensors):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
 def random_bytes(n: int) -> memoryview:
     return memoryview(torch.randint(0, 256, (n,), dtype=torch.uint8).numpy())
 
@@ -186,9 +208,13 @@ def bench_one_rank(mb: int, repeats: int, root: Path, torch_save: bool) -> None:
     if tsaves:
         ratio_line("(torch.save + fsync / raw write)", raws, tsaves, "info", nbytes)
     stall, sync = statistics.median(stalls), statistics.median(syncs)
+    copy = bare_copy_seconds(state_tensors(model, opt), repeats)
     print(f"   async stall {stall * 1000:.1f} ms / sync save {sync * 1000:.0f} ms = "
           f"{stall / sync:.3f}   (goal <= 0.05); best-of {min(stalls) / min(syncs):.3f}; "
           f"first async save (allocates host buffers) {first_stall * 1000:.0f} ms")
+    print(f"   floor: a bare copy of the same tensors into reused buffers {copy * 1000:.1f} ms "
+          f"({nbytes / copy / 1e9:.1f} GB/s) = {copy / sync:.3f} of the sync save; "
+          f"stall / bare copy {stall / copy:.2f}")
     ck.close()
     del data
 
@@ -402,6 +428,8 @@ def main() -> None:
     DEVICE = a.device
     if DEVICE == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")
+    if a.dir is not None and not Path(a.dir).is_dir():
+        p.error(f"--dir {a.dir}: not a directory")
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         for mb in a.mb:
             if 1 in a.ranks:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from checkpoint_bench import bare_copy_seconds, state_tensors
 
 MiB = float(1 << 20)
 
@@ -93,19 +94,10 @@ def replicated(mb: int, root: Path) -> list[str]:
         ck.save(2 * i + 2, block=False)
         stalls.append(ck.stall_seconds or 0.0)
         ck.wait()
-    tensors = [p.detach() for p in model.parameters()]
-    tensors += [v for s in opt.state.values() for v in s.values()
-                if isinstance(v, torch.Tensor) and v.is_cuda]
-    pinned = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
-    copies = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for d, s in zip(pinned, tensors, strict=True):
-            d.copy_(s, non_blocking=True)
-        torch.cuda.synchronize()
-        copies.append(time.perf_counter() - t0)
+    tensors = state_tensors(model, opt)
+    copy = bare_copy_seconds(tensors, 5)
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
-    stall, sync, copy = (statistics.median(x) for x in (stalls, syncs, copies))
+    stall, sync = statistics.median(stalls), statistics.median(syncs)
     print(f"   state {nbytes / MiB:.0f} MiB on {torch.cuda.get_device_name()}: async stall "
           f"{stall * 1e3:.1f} ms / sync save {sync * 1e3:.0f} ms = {stall / sync:.3f} (goal <= "
           f"0.05); bare device->pinned copy {copy * 1e3:.1f} ms "
