@@ -141,8 +141,13 @@ def test_post_mortem_in_the_browser(debug_job, baseline: Baseline, tmp_path: Pat
     """The last rank raises while the others run Python: the exception widget shows it on
     that rank with the others paused; one Continue ends the job non-zero with that rank's
     exception as root cause, and no other rank stops on the consequences."""
+    # The others spin 2 s from step 2 on, where the last rank raises: paused there within
+    # milliseconds, and the time paused counts, so after the Continue they reach the next
+    # collective at once and fail on the lost peer well inside the 3 s the supervisor gives
+    # a failed rank's peers (PEER_EXIT_WINDOW). With 8 s, a quick Continue left them
+    # spinning until they were stopped, and the consequence this test checks never came.
     job = _start(debug_job, {"JOB_MODE": "break,raise", "JOB_RAISE_RANK": "3",
-                             "JOB_HOLD": "8"})
+                             "JOB_HOLD": "2"})
     shots = tmp_path / "browser-shots" / "post-mortem"
     steps = _browse(job, "post-mortem", shots, None)
     widget = next(s for s in steps if s["step"] == "exception-widget")["text"]
