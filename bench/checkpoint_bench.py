@@ -90,6 +90,7 @@ def state_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[to
 def bare_copy_seconds(tensors: list[torch.Tensor], repeats: int) -> float:
     """Median time of a bare copy of ``tensors`` into reused host buffers (pinned for device
     tensors): the floor of any snapshot that copies, fi-dist's included."""
+    cuda = any(t.device.type == "cuda" for t in tensors)
     bufs = [torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
             for t in tensors]
     times = []
@@ -97,7 +98,7 @@ def bare_copy_seconds(tensors: list[torch.Tensor], repeats: int) -> float:
         t0 = time.perf_counter()
         for b, t in zip(bufs, tensors, strict=True):
             b.copy_(t, non_blocking=t.device.type == "cuda")
-        if any(t.device.type == "cuda" for t in tensors):
+        if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])

@@ -307,23 +307,12 @@ def test_dcp_shard_files_round_trip_through_fi_dist_storage(tmp_path: Path) -> N
 def _planned_load(tmp_path: Path, entries: dict, target: dict, mine: set[str]) -> list[int]:
     """Load the save in ``tmp_path/dcp`` the way a sharded resume does: planned beside
     the stream. Returns the bytes streamed."""
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-
-    from fi_dist.runtime.checkpoint.dcp_plan import PlanAhead
     from fi_dist.runtime.checkpoint.dcp_storage import ShardReader
 
     seen: list[int] = []
     reader = ShardReader(Storage(str(tmp_path)), f"{tmp_path}/dcp", entries, mine,
                          (tmp_path / "dcp" / ".metadata").read_bytes(), seen.append)
-    md = reader.read_metadata()
-    planner = DefaultLoadPlanner()
-    planner.set_up_planner(target, md, True)
-    reader.set_up_storage_reader(md, True)
-    plan = PlanAhead.of(planner, reader.own_keys())
-    try:
-        reader.read_planned(plan, planner)
-    finally:
-        plan.close()
+    reader.load(target, True)
     return seen
 
 

@@ -37,6 +37,7 @@ from torch.distributed.checkpoint import (
     StorageReader,
     StorageWriter,
 )
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import MetadataIndex
 from torch.distributed.checkpoint.planner import LoadItemType, ReadItem, WriteItem, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
@@ -161,8 +162,8 @@ class ShardReader(StorageReader):
     which DCP reports on every rank alike, so the ranks still move on together. Pieces
     a rank needs from a file another rank owns (a replicated value DCP saved once) are
     read as byte ranges: that file's owner verifies all of it in the same load.
-    :meth:`read_planned` takes the plan as it is being worked out (fi-dist's resume);
-    ``read_data`` (DCP's interface) a finished one.
+    :meth:`load` (fi-dist's resume) reads while the plan is being worked out;
+    ``read_data`` (DCP's interface) takes a finished one.
 
     Args:
         storage: where the files are.
@@ -214,6 +215,21 @@ class ShardReader(StorageReader):
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut
+
+    def load(self, state_dict: dict[str, Any], is_coordinator: bool) -> None:
+        """Plan with DCP's default load planner and stream ``state_dict``'s pieces into it
+        (no collective: that planner needs no other rank)."""
+        planner = DefaultLoadPlanner()
+        meta = self.read_metadata()
+        planner.set_up_planner(state_dict, meta, is_coordinator)
+        self.set_up_storage_reader(meta, is_coordinator)
+        # The default planner's global step and finish, and this reader's plan hooks,
+        # change nothing: the local plan is the plan.
+        plan = PlanAhead.of(planner, self.own_keys())
+        try:
+            self.read_planned(plan, planner)
+        finally:
+            plan.close()
 
     def read_planned(self, plan: PlanAhead, planner: LoadPlanner) -> None:
         """Stream this rank's own files, each piece as soon as ``plan`` has its reads; then

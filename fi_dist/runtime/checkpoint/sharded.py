@@ -149,9 +149,6 @@ def stream(storage: Storage, state: TrainState, path: str, manifest: layout.Mani
         CheckpointCorruptError: naming why (a damaged file, or a checkpoint that does
             not fit the model); the live state may then be partly overwritten.
     """
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-
-    from fi_dist.runtime.checkpoint.dcp_plan import PlanAhead
     from fi_dist.runtime.checkpoint.dcp_storage import ShardReader
 
     lead = f"{prefix}{DIRNAME}/"
@@ -160,17 +157,7 @@ def stream(storage: Storage, state: TrainState, path: str, manifest: layout.Mani
     reader = ShardReader(storage, path, entries, mine, metadata, meter.add if meter else None)
     try:
         sd = _state(state)
-        planner = DefaultLoadPlanner()
-        meta = reader.read_metadata()
-        planner.set_up_planner(sd, meta, world[0] == 0)
-        reader.set_up_storage_reader(meta, world[0] == 0)
-        # The default planner's global step and finish, and this reader's plan hooks,
-        # change nothing: the local plan is the plan.
-        plan = PlanAhead.of(planner, reader.own_keys())
-        try:
-            reader.read_planned(plan, planner)
-        finally:
-            plan.close()
+        reader.load(sd, world[0] == 0)
     except layout.CheckpointError:
         raise
     # Whatever DCP raises (a key the checkpoint lacks, a shape that differs): the ranks
